@@ -1,0 +1,104 @@
+"""The built-in plugins' declarations (torch-free, read at plan time).
+
+Each entry points at its implementation; the declaration is what the grid validator,
+the cost estimate and the report read.
+"""
+from __future__ import annotations
+
+from .registry import Param, PluginSpec, register
+
+# ---------------------------------------------------------------- datasets
+register(PluginSpec(
+    "dataset", "digits", "harness.data.digits:load",
+    params={},
+    capabilities=frozenset({"bundled"}),
+    help="sklearn's bundled 8x8 digits, fixed held-out split (no download)",
+))
+
+# ---------------------------------------------------------------- classifiers
+register(PluginSpec(
+    "classifier", "digits-cnn", "harness.models.bundled:load_classifier",
+    params={},
+    capabilities=frozenset({"bundled"}),
+    help="small CNN trained on the digits by `harness train`, shipped in the package",
+))
+
+# ---------------------------------------------------------------- purifiers
+_DENOISER = Param("str", "digits-ddpm", choices=("digits-ddpm",), help="diffusion backbone")
+_SAMPLER = {
+    "sampler": Param("str", "ddpm", choices=("ddpm", "ddim"), help="reverse sampler"),
+    "steps": Param("int", 0, low=0, help="reverse steps per round (respacing); 0 = every step"),
+}
+_TUCKER = {
+    "tucker_patch": Param("int", 4, low=1, help="patch side"),
+    "tucker_stride": Param("int", 2, low=1, help="patch stride"),
+    "tucker_rank": Param("float", 0.5, low=0.0, help="cross-patch rank: >= 1 absolute, < 1 fraction"),
+    "tucker_per": Param("str", "image", choices=("image", "batch"), help="one decomposition per image or per batch"),
+}
+
+register(PluginSpec(
+    "purifier", "none", "harness.purify.pipeline:build",
+    capabilities=frozenset({"deterministic"}),
+    help="no defence: the bare classifier",
+))
+register(PluginSpec(
+    "purifier", "tucker", "harness.purify.pipeline:build",
+    params=dict(_TUCKER),
+    capabilities=frozenset({"deterministic"}),
+    help="Tucker low-rank patch denoising alone",
+))
+register(PluginSpec(
+    "purifier", "lorid", "harness.purify.pipeline:build",
+    params={
+        "denoiser": _DENOISER,
+        "t_s": Param("number", 0.1, low=0.0, help="diffusion time per round: step (int >= 1) or fraction of T"),
+        "loops": Param("int", 3, low=1, high=1000, help="diffuse/denoise rounds"),
+        **_SAMPLER,
+        "tucker": Param("str", "none", choices=("none", "pre", "noisy", "every_loop"),
+                        help="where the Tucker step runs"),
+        **_TUCKER,
+    },
+    capabilities=frozenset({"stochastic", "diffusion"}),
+    help="LoRID: L rounds of diffuse-then-denoise at an early time, optional Tucker step",
+))
+register(PluginSpec(
+    "purifier", "diffpure", "harness.purify.pipeline:build",
+    params={
+        "denoiser": _DENOISER,
+        "t_s": Param("number", 0.1, low=0.0, help="diffusion time t*: step or fraction of T"),
+        **_SAMPLER,
+    },
+    capabilities=frozenset({"stochastic", "diffusion"}),
+    help="DiffPure-style: one diffuse/denoise round at t* (DDPM ancestral or DDIM)",
+))
+register(PluginSpec(
+    "purifier", "multistep", "harness.purify.pipeline:build",
+    params={
+        "denoiser": _DENOISER,
+        "schedule": Param("list[number]", help="diffusion time of each round, e.g. [30, 30, 50]"),
+        **_SAMPLER,
+    },
+    capabilities=frozenset({"stochastic", "diffusion"}),
+    help="multi-step (gradual noise) purification: one round per listed t",
+))
+
+# ---------------------------------------------------------------- attacks
+register(PluginSpec(
+    "attack", "none", "harness.attacks.none:attack",
+    help="clean inputs",
+))
+register(PluginSpec(
+    "attack", "pgd", "harness.attacks.pgd:attack",
+    params={
+        "norm": Param("str", "linf", choices=("linf", "l2"), help="threat model"),
+        "eps": Param("float", low=0.0, help="budget on [0,1] images"),
+        "steps": Param("int", 20, low=0, help="iterations"),
+        "step_size": Param("float", low=0.0, help="step size (Linf: per-pixel; L2: norm)"),
+        "eot": Param("int", 1, low=1, help="purifications averaged per gradient (EOT)"),
+        "random_start": Param("bool", True, help="start from a random point in the ball"),
+        "gradient": Param("str", "exact", choices=("exact", "greybox"),
+                          help="exact: through the whole purifier; greybox: classifier alone, then purify"),
+    },
+    capabilities=frozenset({"needs_gradients", "eot"}),
+    help="projected gradient descent (Madry et al.) with expectation over transformation",
+))

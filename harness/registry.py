@@ -1,0 +1,151 @@
+"""Plugin registries: every plugin declares its parameters and capabilities.
+
+The grid validator reads these declarations, so nothing here imports torch:
+a plugin's implementation is named as "module:attr" and imported on first use.
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from .errors import GridError
+
+KINDS = ("dataset", "classifier", "purifier", "attack")
+REQUIRED = object()
+
+_TYPES = ("int", "float", "number", "bool", "str", "list[number]")
+
+
+@dataclass(frozen=True)
+class Param:
+    """One declared parameter: its type, bounds or choices, and default.
+
+    type "number" takes an int (a diffusion step) or a float (a fraction of T);
+    "list[number]" takes a flat list, so only a list of lists is a grid axis.
+    """
+
+    type: str
+    default: Any = REQUIRED
+    low: float | None = None
+    high: float | None = None
+    choices: tuple[Any, ...] | None = None
+    help: str = ""
+
+    def __post_init__(self) -> None:
+        if self.type not in _TYPES:
+            raise ValueError(f"unknown parameter type {self.type!r}")
+
+    @property
+    def is_list(self) -> bool:
+        return self.type.startswith("list[")
+
+    def allowed(self) -> str:
+        if self.choices is not None:
+            return "one of " + ", ".join(repr(c) for c in self.choices)
+        what = {"int": "an integer", "float": "a number", "number": "an integer step or a fraction",
+                "bool": "true or false", "str": "a string",
+                "list[number]": "a non-empty list of numbers"}[self.type]
+        if self.low is not None and self.high is not None:
+            what += f" in [{self.low}, {self.high}]"
+        elif self.low is not None:
+            what += f" >= {self.low}"
+        elif self.high is not None:
+            what += f" <= {self.high}"
+        return what
+
+    def check(self, value: Any, file: str, key: str) -> Any:
+        """Return the normalised value or raise GridError naming file and key."""
+        bad = GridError(file, key, f"{value!r} is not allowed; expected {self.allowed()}")
+        if self.type == "list[number]":
+            if not isinstance(value, list) or not value:
+                raise bad
+            return [self._scalar("number", v, bad) for v in value]
+        return self._scalar(self.type, value, bad)
+
+    def _scalar(self, typ: str, value: Any, bad: GridError) -> Any:
+        if typ == "bool":
+            if not isinstance(value, bool):
+                raise bad
+        elif typ == "str":
+            if not isinstance(value, str):
+                raise bad
+        elif typ == "int":
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise bad
+        elif typ in ("float", "number"):
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise bad
+            if typ == "float":
+                value = float(value)
+            if value != value:  # NaN
+                raise bad
+        if self.choices is not None and value not in self.choices:
+            raise bad
+        if self.low is not None and value < self.low:
+            raise bad
+        if self.high is not None and value > self.high:
+            raise bad
+        return value
+
+
+@dataclass(frozen=True)
+class PluginSpec:
+    """A plugin: kind, name, declared parameters, capabilities, lazy implementation."""
+
+    kind: str
+    name: str
+    impl: str  # "package.module:attribute", imported on first use
+    params: dict[str, Param] = field(default_factory=dict)
+    capabilities: frozenset[str] = frozenset()
+    help: str = ""
+
+    def resolve(self, params: dict[str, Any] | None, file: str, key: str) -> dict[str, Any]:
+        """Validate given parameters and fill defaults; unknown or missing keys are errors."""
+        params = dict(params or {})
+        unknown = sorted(set(params) - set(self.params))
+        if unknown:
+            allowed = ", ".join(sorted(self.params)) or "(none)"
+            raise GridError(file, f"{key}.{unknown[0]}",
+                            f"unknown parameter of {self.kind} {self.name!r}; allowed: {allowed}")
+        out: dict[str, Any] = {}
+        for pname, p in self.params.items():
+            if pname in params:
+                out[pname] = p.check(params[pname], file, f"{key}.{pname}")
+            elif p.default is REQUIRED:
+                raise GridError(file, f"{key}.{pname}", f"required; expected {p.allowed()}")
+            else:
+                out[pname] = p.default
+        return out
+
+    def load(self) -> Callable[..., Any]:
+        module, _, attr = self.impl.partition(":")
+        return getattr(importlib.import_module(module), attr)
+
+
+_REGISTRY: dict[str, dict[str, PluginSpec]] = {k: {} for k in KINDS}
+
+
+def register(spec: PluginSpec) -> PluginSpec:
+    if spec.kind not in _REGISTRY:
+        raise ValueError(f"unknown plugin kind {spec.kind!r}")
+    _REGISTRY[spec.kind][spec.name] = spec
+    return spec
+
+
+def names(kind: str) -> list[str]:
+    _ensure_builtins()
+    return sorted(_REGISTRY[kind])
+
+
+def get(kind: str, name: Any, file: str = "<grid>", key: str = "") -> PluginSpec:
+    """The plugin of that kind and name, or a GridError listing the allowed names."""
+    _ensure_builtins()
+    key = key or f"{kind}.name"
+    if not isinstance(name, str) or name not in _REGISTRY[kind]:
+        raise GridError(file, key, f"unknown {kind} {name!r}; allowed: {', '.join(names(kind))}")
+    return _REGISTRY[kind][name]
+
+
+def _ensure_builtins() -> None:
+    from . import plugins  # noqa: F401  (registers the built-in plugins on import)
