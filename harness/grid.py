@@ -1,0 +1,396 @@
+"""Grid files: YAML → validated, fully resolved cells with content hashes.
+
+A grid names alternatives for each plugin kind and parameter; the cartesian product
+(less zipped axes and excluded combinations) is the list of cells. Every cell is
+resolved against the plugin declarations, so defaults are explicit and hashed:
+a changed parameter gives a new hash and never mixes with old results.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import itertools
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from . import registry
+from .errors import GridError
+from .registry import KINDS, Param, PluginSpec
+
+# Bump when the meaning of a cell changes (e.g. a plugin's semantics): every hash changes.
+HASH_SALT = "lorid-harness/cell/v1"
+
+ROOT = "<root>"
+DEFAULTS: dict[str, Any] = {"batch_size": 64, "shard_size": 256, "seeds": [0], "eval_runs": 1,
+                            "data_seed": 0}
+TOP_KEYS = ("sweep", *KINDS, "examples", "batch_size", "shard_size", "seeds", "eval_runs",
+            "data_seed", "zip", "exclude", "profile")
+REQUIRED_KEYS = ("sweep", *KINDS, "examples")
+ZIP_AXES = (*KINDS, "seeds")
+ENTRY_KEYS = ("name", "params", "zip")
+_SWEEP_RE = re.compile(r"[A-Za-z0-9_.-]+")
+
+
+@dataclass(frozen=True)
+class Grid:
+    """A validated grid: its source (kept byte-exact for provenance) and its cells."""
+
+    path: Path
+    raw: dict[str, Any]
+    source: bytes
+    sweep: str
+    examples: int
+    batch_size: int
+    shard_size: int
+    seeds: list[int]
+    eval_runs: int
+    data_seed: int
+    profile: str | None
+    cells: list[dict[str, Any]]
+
+
+# ---------------------------------------------------------------- loading
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that rejects duplicate keys (PyYAML keeps the last one silently)."""
+
+
+def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+    loader.flatten_mapping(node)
+    out: dict[Any, Any] = {}
+    for knode, vnode in node.value:
+        key = loader.construct_object(knode, deep=True)
+        if key in out:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r}", knode.start_mark)
+        out[key] = loader.construct_object(vnode, deep=True)
+    return out
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+# YAML 1.1 reads "8e-3" as a string; budgets are often written that way, so read it as a float.
+_StrictLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"))
+
+
+def parse_yaml(source: bytes | str, file: str) -> dict[str, Any]:
+    """The top-level mapping of a grid file, or a GridError at <root>."""
+    try:
+        raw = yaml.load(source, Loader=_StrictLoader)  # noqa: S506 (a SafeLoader subclass)
+    except yaml.YAMLError as exc:
+        raise GridError(file, ROOT, f"not valid YAML ({_one_line(exc)}); expected a mapping "
+                                    f"with keys: {', '.join(TOP_KEYS)}") from None
+    if not isinstance(raw, dict):
+        raise GridError(file, ROOT, f"top level is {type(raw).__name__}, not a mapping; "
+                                    f"expected keys: {', '.join(TOP_KEYS)}")
+    return raw
+
+
+def load_grid(path: str | Path) -> Grid:
+    """Read, validate and expand a grid file; raises GridError on any problem."""
+    path = Path(path)
+    file = str(path)
+    try:
+        source = path.read_bytes()
+    except OSError as exc:
+        raise GridError(file, ROOT, f"cannot read grid file: {exc.strerror}") from None
+    raw = parse_yaml(source, file)
+    cells = expand(raw, file)
+    s = _settings(raw, file)
+    return Grid(path=path, raw=raw, source=source, sweep=s["sweep"], examples=s["examples"],
+                batch_size=s["batch_size"], shard_size=s["shard_size"], seeds=s["seeds"],
+                eval_runs=s["eval_runs"], data_seed=s["data_seed"], profile=s["profile"],
+                cells=cells)
+
+
+def _one_line(exc: Exception) -> str:
+    return " ".join(str(exc).split())
+
+
+# ---------------------------------------------------------------- top-level settings
+
+def _settings(raw: dict[str, Any], file: str) -> dict[str, Any]:
+    """Validated scalar settings with defaults filled."""
+    for key in raw:
+        if key not in TOP_KEYS:
+            raise GridError(file, str(key), f"unknown key; allowed: {', '.join(TOP_KEYS)}")
+    for key in REQUIRED_KEYS:
+        if key not in raw:
+            raise GridError(file, key, f"required key missing; required: {', '.join(REQUIRED_KEYS)}")
+    s = {**DEFAULTS, **raw}
+    sweep = s["sweep"]
+    if not isinstance(sweep, str) or not _SWEEP_RE.fullmatch(sweep):
+        raise GridError(file, "sweep", f"{sweep!r} is not allowed; expected a name of "
+                                       "letters, digits, '_', '.', '-' (it becomes a directory)")
+    if sweep in (".", ".."):
+        raise GridError(file, "sweep", f"{sweep!r} is not allowed as a directory name")
+    out = {"sweep": sweep, "profile": s.get("profile")}
+    for key in ("examples", "batch_size", "shard_size", "eval_runs"):
+        out[key] = _int(s[key], file, key, low=1)
+    out["data_seed"] = _int(s["data_seed"], file, "data_seed", low=0)
+    out["seeds"] = _seeds(s["seeds"], file)
+    if out["profile"] is not None and not isinstance(out["profile"], str):
+        raise GridError(file, "profile", f"{out['profile']!r} is not allowed; expected a string")
+    return out
+
+
+def _int(value: Any, file: str, key: str, low: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise GridError(file, key, f"{value!r} is not allowed; expected an integer >= {low}")
+    return value
+
+
+def _seeds(value: Any, file: str) -> list[int]:
+    if not isinstance(value, list):
+        return [_int(value, file, "seeds", low=0)]
+    if not value:
+        raise GridError(file, "seeds", "empty list; expected an integer >= 0 or a list of them")
+    return [_int(v, file, f"seeds[{i}]", low=0) for i, v in enumerate(value)]
+
+
+# ---------------------------------------------------------------- plugin entries
+
+def _entries(raw: dict[str, Any], kind: str, file: str) -> list[tuple[str, Any]]:
+    """(key path, entry) for each alternative of one plugin kind."""
+    value = raw[kind]
+    if not isinstance(value, list):
+        return [(kind, value)]
+    if not value:
+        raise GridError(file, kind, f"empty list; expected a {kind} name or {{name, params}}; "
+                                    f"allowed names: {', '.join(registry.names(kind))}")
+    return [(f"{kind}[{i}]", v) for i, v in enumerate(value)]
+
+
+def _expand_entry(kind: str, entry: Any, file: str, key: str) -> list[dict[str, Any]]:
+    """All resolved {name, params} variants of one entry (its params axes crossed/zipped)."""
+    if isinstance(entry, str):
+        spec = registry.get(kind, entry, file, key)
+        return [{"name": spec.name, "params": spec.resolve({}, file, f"{key}.params")}]
+    if not isinstance(entry, dict):
+        raise GridError(file, key, f"{entry!r} is not allowed; expected a {kind} name or a "
+                                   f"mapping with keys: {', '.join(ENTRY_KEYS)}")
+    for k in entry:
+        if k not in ENTRY_KEYS:
+            raise GridError(file, f"{key}.{k}", f"unknown key; allowed: {', '.join(ENTRY_KEYS)}")
+    if "name" not in entry:
+        raise GridError(file, f"{key}.name", f"required; allowed: {', '.join(registry.names(kind))}")
+    spec = registry.get(kind, entry["name"], file, f"{key}.name")
+    params = entry.get("params", {})
+    if not isinstance(params, dict):
+        raise GridError(file, f"{key}.params", f"{params!r} is not allowed; expected a mapping "
+                                               f"of {_allowed_params(spec)}")
+    _check_known(spec, params, file, f"{key}.params")
+    axes = {p: _param_axis(spec.params[p], v, file, f"{key}.params.{p}") for p, v in params.items()}
+    groups = _zip_groups(entry.get("zip", []), list(axes), file, f"{key}.zip")
+    variants = []
+    for combo in _combine(axes, groups, file, f"{key}.zip"):
+        resolved = spec.resolve(combo, file, f"{key}.params")
+        try:  # the cell must hash: JSON has no inf
+            canonical_json(resolved)
+        except ValueError:
+            raise GridError(file, f"{key}.params", f"{combo!r}: infinite numbers are not "
+                                                   f"allowed; expected {_allowed_params(spec)} "
+                                                   "with finite values") from None
+        variants.append({"name": spec.name, "params": resolved})
+    return variants
+
+
+def _allowed_params(spec: PluginSpec) -> str:
+    return ", ".join(sorted(spec.params)) or "(none)"
+
+
+def _check_known(spec: PluginSpec, params: dict[str, Any], file: str, key: str) -> None:
+    # Before axis detection, so a misspelt name is reported as such, not as a bad axis.
+    for p in params:
+        if p not in spec.params:
+            raise GridError(file, f"{key}.{p}", f"unknown parameter of {spec.kind} "
+                                                f"{spec.name!r}; allowed: {_allowed_params(spec)}")
+
+
+def _param_axis(param: Param, value: Any, file: str, key: str) -> list[Any]:
+    """The alternatives a parameter value stands for: a list is an axis, except that a
+    list-typed parameter takes a flat list as its value and only a list of lists is an axis."""
+    if not isinstance(value, list):
+        return [value]
+    if not value:
+        raise GridError(file, key, f"empty list; an axis needs at least one value, "
+                                   f"each {param.allowed()}")
+    if param.is_list and not all(isinstance(v, list) for v in value):
+        return [value]
+    return list(value)
+
+
+def _zip_groups(zips: Any, axes: list[str], file: str, key: str) -> list[list[str]]:
+    """Validated zip groups: lists of axis names, each name in at most one group."""
+    if not isinstance(zips, list) or not all(isinstance(g, list) and g for g in zips):
+        raise GridError(file, key, f"{zips!r} is not allowed; expected a list of lists of "
+                                   f"names from: {', '.join(axes) or '(none)'}")
+    seen: set[str] = set()
+    for i, group in enumerate(zips):
+        for name in group:
+            if name not in axes:
+                raise GridError(file, f"{key}[{i}]", f"{name!r} is not a zippable axis here; "
+                                                     f"allowed: {', '.join(axes) or '(none)'}")
+            if name in seen:
+                raise GridError(file, f"{key}[{i}]", f"{name!r} appears in more than one zip group")
+            seen.add(name)
+    return zips
+
+
+def _combine(axes: dict[str, list[Any]], groups: list[list[str]], file: str,
+             key: str) -> list[dict[str, Any]]:
+    """Cartesian product of the axes, with each zip group varying together as one axis."""
+    factors: list[list[dict[str, Any]]] = []
+    placed: set[str] = set()
+    for name in axes:  # keep the written order: a zip group sits where its first member is
+        if name in placed:
+            continue
+        group = next((g for g in groups if name in g), [name])
+        lengths = [len(axes[n]) for n in group]
+        if len(set(lengths)) > 1:
+            i = groups.index(group)
+            detail = ", ".join(f"{n} {ln}" for n, ln in zip(group, lengths))
+            raise GridError(file, f"{key}[{i}]", f"zip group [{', '.join(group)}] has unequal "
+                                                 f"lengths ({detail}); zipped lists must have "
+                                                 "equal length")
+        factors.append([dict(zip(group, vals)) for vals in zip(*(axes[n] for n in group))])
+        placed.update(group)
+    return [{k: v for part in combo for k, v in part.items()}
+            for combo in itertools.product(*factors)]
+
+
+# ---------------------------------------------------------------- cells
+
+def expand(raw: dict[str, Any], file: str) -> list[dict[str, Any]]:
+    """Validate a parsed grid and return its resolved cells (exclusions applied)."""
+    if not isinstance(raw, dict):
+        raise GridError(file, ROOT, f"top level is {type(raw).__name__}, not a mapping; "
+                                    f"expected keys: {', '.join(TOP_KEYS)}")
+    s = _settings(raw, file)
+    axes: dict[str, list[Any]] = {}
+    for kind in KINDS:
+        axes[kind] = [v for key, e in _entries(raw, kind, file)
+                      for v in _expand_entry(kind, e, file, key)]
+    axes["seeds"] = s["seeds"]
+    # A top-level zip pairs the expanded variants of each axis (an entry with a params axis
+    # contributes one variant per value), so lengths are counted after entry expansion.
+    groups = _zip_groups(raw.get("zip", []), list(ZIP_AXES), file, "zip")
+    cells = [_cell(combo, s) for combo in _combine(axes, groups, file, "zip")]
+    cells = _apply_excludes(cells, raw.get("exclude", []), axes, file)
+    return _dedupe(cells)
+
+
+def _cell(combo: dict[str, Any], s: dict[str, Any]) -> dict[str, Any]:
+    cell = {kind: copy.deepcopy(combo[kind]) for kind in KINDS}
+    cell.update(seed=combo["seeds"], eval_runs=s["eval_runs"], data_seed=s["data_seed"])
+    return cell
+
+
+def _dedupe(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    # Two spellings of the same cell must not become two rows writing the same results.
+    seen: set[str] = set()
+    out = []
+    for cell in cells:
+        h = cell_hash(cell)
+        if h not in seen:
+            seen.add(h)
+            out.append(cell)
+    return out
+
+
+def flatten(cell: dict[str, Any]) -> dict[str, Any]:
+    """A cell as dotted paths → values, e.g. {"purifier.params.loops": 3, "seed": 0}."""
+    flat: dict[str, Any] = {}
+    for key, value in cell.items():
+        if key in KINDS:
+            flat[f"{key}.name"] = value["name"]
+            for p, v in value["params"].items():
+                flat[f"{key}.params.{p}"] = v
+        else:
+            flat[key] = value
+    return flat
+
+
+def _apply_excludes(cells: list[dict[str, Any]], rules: Any, axes: dict[str, list[Any]],
+                    file: str) -> list[dict[str, Any]]:
+    if not isinstance(rules, list):
+        raise GridError(file, "exclude", f"{rules!r} is not allowed; expected a list of mappings "
+                                         "from dotted paths to values")
+    flats = [flatten(c) for c in cells]
+    known = sorted({p for f in flats for p in f})
+    checked = [_check_rule(rule, i, known, axes, file) for i, rule in enumerate(rules)]
+    # Compare as JSON so that a step 1 never matches a fraction 1.0, nor true the integer 1.
+    kept = [c for c, f in zip(cells, flats)
+            if not any(all(p in f and canonical_json(f[p]) == canonical_json(v)
+                           for p, v in rule.items()) for rule in checked)]
+    if not kept:
+        raise GridError(file, "exclude", f"every cell is excluded ({len(cells)} before "
+                                         "exclusion); remove or narrow a rule")
+    return kept
+
+
+def _check_rule(rule: Any, i: int, known: list[str], axes: dict[str, list[Any]],
+                file: str) -> dict[str, Any]:
+    """An exclude rule with its paths checked against the grid and its values normalised."""
+    key = f"exclude[{i}]"
+    if not isinstance(rule, dict) or not rule:
+        raise GridError(file, key, f"{rule!r} is not allowed; expected a mapping from dotted "
+                                   f"paths to values; paths: {', '.join(known)}")
+    out = {}
+    for path, value in rule.items():
+        if path not in known:
+            raise GridError(file, f"{key}.{path}", f"no cell has this path; allowed: "
+                                                   f"{', '.join(known)}")
+        out[path] = _exclude_value(path, value, axes, file, f"{key}.{path}")
+    return out
+
+
+def _exclude_value(path: str, value: Any, axes: dict[str, list[Any]], file: str,
+                   key: str) -> Any:
+    # A value that can never match is a typo: check it like the parameter it names.
+    parts = path.split(".")
+    if parts[0] not in KINDS:
+        return _int(value, file, key, low=0)
+    kind = parts[0]
+    if parts[1] == "name":
+        return registry.get(kind, value, file, key).name
+    specs = [registry.get(kind, v["name"]) for v in axes[kind]]
+    params = [s.params[parts[2]] for s in specs if parts[2] in s.params]
+    errors = []
+    for param in params:
+        try:
+            return param.check(value, file, key)
+        except GridError as exc:
+            errors.append(exc)
+    raise errors[0]
+
+
+def canonical_json(obj: Any) -> str:
+    """The JSON text that hashes and the plan use: sorted keys, no spaces."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), allow_nan=False)
+
+
+def cell_hash(cell: dict[str, Any]) -> str:
+    """16 hex chars of sha256 over the salted canonical JSON of the resolved cell."""
+    return hashlib.sha256((HASH_SALT + canonical_json(cell)).encode()).hexdigest()[:16]
+
+
+def _fmt(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
+
+
+def cell_label(cell: dict[str, Any], kind: str = "purifier") -> str:
+    """A short label of one plugin of the cell, e.g. "lorid(steps=5,tucker=pre)":
+    only parameters that differ from the plugin's declared defaults are listed."""
+    entry = cell[kind]
+    spec = registry.get(kind, entry["name"])
+    diff = [f"{p}={_fmt(v)}" for p, v in entry["params"].items()
+            if spec.params[p].default is registry.REQUIRED or v != spec.params[p].default]
+    return f"{entry['name']}({','.join(diff)})" if diff else entry["name"]

@@ -1,0 +1,176 @@
+"""The plan: one row per (cell, shard), written once per sweep as Parquet.
+
+An array task receives only (plan path, row index), so the row carries everything a worker
+needs: the cell as canonical JSON, its hash and the example range. The cost columns are
+estimates of denoiser evaluations, for sizing jobs before anything is submitted.
+"""
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from .errors import UsageError
+from .grid import Grid, canonical_json, cell_hash, cell_label
+
+T = 1000  # diffusion steps of the backbones' forward process; a float t_s < 1 is a fraction of it
+
+COLUMNS = ("row", "sweep", "cell", "shard", "start", "stop", "cell_json", "label", "attack_label",
+           "dataset", "classifier", "purifier", "attack", "seed", "batch_size",
+           "nfe_per_example", "nfe_total")
+_INT_COLUMNS = ("row", "shard", "start", "stop", "seed", "batch_size", "nfe_per_example",
+                "nfe_total")
+
+
+# ---------------------------------------------------------------- cost estimate
+
+def diffusion_steps(t: int | float) -> int:
+    """Forward steps a diffusion time stands for: an int is a step, a float < 1 a fraction of T."""
+    n = round(t * T) if isinstance(t, float) and t < 1 else round(t)
+    return max(0, min(int(n), T))
+
+
+def steps_per_round(t: int | float, steps: int = 0) -> int:
+    """Reverse (denoiser) steps of one diffuse/denoise round; `steps` > 0 respaces to fewer."""
+    n = diffusion_steps(t)
+    return min(steps, n) if steps > 0 else n
+
+
+def nfe_per_purification(purifier: dict[str, Any]) -> int:
+    """Estimated denoiser evaluations to purify one example once.
+
+    Read from the parameters, not the name, so a new purifier declaring `t_s`/`loops`
+    or `schedule` is costed too; one without either (none, tucker) costs nothing.
+    """
+    p = purifier["params"]
+    steps = int(p.get("steps", 0))
+    if "schedule" in p:
+        return sum(steps_per_round(t, steps) for t in p["schedule"])
+    if "t_s" in p:
+        return int(p.get("loops", 1)) * steps_per_round(p["t_s"], steps)
+    return 0
+
+
+def attack_passes(attack: dict[str, Any]) -> int:
+    """Purifier passes per example an attack adds (a backward pass counts as one more).
+
+    Greybox gradients skip the purifier, so only the final evaluation pays for it.
+    """
+    p = attack["params"]
+    if "steps" not in p or p.get("gradient") == "greybox":
+        return 0
+    return int(p["steps"]) * int(p.get("eot", 1)) * 2
+
+
+def nfe_row(cell: dict[str, Any], n_examples: int) -> int:
+    """Estimated denoiser evaluations of one row: clean and adversarial evaluations plus attack."""
+    per_example = nfe_per_purification(cell["purifier"])
+    return per_example * n_examples * (cell["eval_runs"] * 2 + attack_passes(cell["attack"]))
+
+
+# ---------------------------------------------------------------- plan
+
+def shard_ranges(examples: int, shard_size: int) -> list[tuple[int, int]]:
+    """[start, stop) of each shard; the last one may be short."""
+    return [(k, min(examples, k + shard_size)) for k in range(0, examples, shard_size)]
+
+
+def make_plan(grid: Grid) -> pd.DataFrame:
+    """One row per (cell, shard), in cell order then shard order; `row` is the array index."""
+    rows = []
+    for cell in grid.cells:
+        fixed = {"sweep": grid.sweep, "cell": cell_hash(cell), "cell_json": canonical_json(cell),
+                 "label": cell_label(cell), "attack_label": cell_label(cell, "attack"),
+                 **{k: cell[k]["name"] for k in ("dataset", "classifier", "purifier", "attack")},
+                 "seed": cell["seed"], "batch_size": grid.batch_size,
+                 "nfe_per_example": nfe_per_purification(cell["purifier"])}
+        for k, (start, stop) in enumerate(shard_ranges(grid.examples, grid.shard_size)):
+            rows.append({**fixed, "shard": k, "start": start, "stop": stop,
+                         "nfe_total": nfe_row(cell, stop - start)})
+    df = pd.DataFrame(rows)
+    df["row"] = range(len(df))
+    return df[list(COLUMNS)].astype({c: "int64" for c in _INT_COLUMNS})
+
+
+def load_plan(path: str | Path) -> pd.DataFrame:
+    """A plan written by write_plan."""
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"{path}: no plan here; run `harness plan <grid.yaml>` first")
+    return pd.read_parquet(path)
+
+
+def _parquet_bytes(df: pd.DataFrame) -> bytes:
+    buf = io.BytesIO()
+    df.to_parquet(buf, engine="pyarrow", index=False)
+    return buf.getvalue()
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    # Readers (array tasks, status) see the old file or the new one, never half of one.
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _existing_cells(path: Path) -> set[str]:
+    try:
+        return set(load_plan(path)["cell"])
+    except Exception as exc:  # noqa: BLE001 (any unreadable plan is treated the same way)
+        raise UsageError(f"{path}: existing plan is unreadable ({exc}); "
+                         "pass overwrite=True to replace it") from None
+
+
+def write_plan(grid: Grid, jobs_dir: str | Path = "jobs", overwrite: bool = False) -> Path:
+    """Write jobs/<sweep>/plan.parquet and grid.yaml (the source bytes); return the plan path.
+
+    An identical plan is left untouched. The same cells with other sizes (e.g. more
+    examples) replace it, since results are keyed by cell hash and example index. Other
+    cells under the same sweep name are refused unless overwrite=True.
+    """
+    df = make_plan(grid)
+    data = _parquet_bytes(df)
+    out = Path(jobs_dir) / grid.sweep
+    plan_path, grid_path = out / "plan.parquet", out / "grid.yaml"
+    if plan_path.exists():
+        if not overwrite and _existing_cells(plan_path) != set(df["cell"]):
+            raise UsageError(f"{plan_path}: sweep name {grid.sweep!r} is taken by a different "
+                             "grid; choose another `sweep:` name or pass overwrite=True")
+        if (plan_path.read_bytes() == data and grid_path.is_file()
+                and grid_path.read_bytes() == grid.source):
+            return plan_path
+    out.mkdir(parents=True, exist_ok=True)
+    _atomic_write(grid_path, grid.source)  # the plan last: its presence marks a complete write
+    _atomic_write(plan_path, data)
+    return plan_path
+
+
+# ---------------------------------------------------------------- summary
+
+def human(n: float) -> str:
+    """1234567 → '1.2 M'."""
+    for div, unit in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(n) >= div:
+            return f"{n / div:.1f} {unit}"
+    return f"{n:.0f}"
+
+
+def summary(plan_df: pd.DataFrame) -> str:
+    """One line: cells, shards, examples and estimated denoiser evaluations."""
+    cells = plan_df["cell"].nunique()
+    examples = int((plan_df["stop"] - plan_df["start"]).sum())
+    per_cell = int(plan_df["stop"].max()) if len(plan_df) else 0
+    nfe = int(plan_df["nfe_total"].sum())
+    return (f"{cells} cells × {per_cell} examples = {examples} cell-examples in "
+            f"{len(plan_df)} shards; ~{human(nfe)} denoiser evaluations (estimate)")
