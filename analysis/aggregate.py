@@ -1,0 +1,195 @@
+"""Load per-example result part files and reduce them to one row per defence configuration.
+
+Rows are keyed by (cell, example, eval_run). A cell is one content-hashed grid point, so
+every row of a cell shares its dataset, threat, eps, attack, classifier and defence label.
+Summaries group cells by those columns; several cells in one group (e.g. seeds) are pooled
+and counted in ``cells``.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from harness.errors import UsageError
+
+from .stats import mean_accuracy_interval
+
+#: One summary row (and, minus classifier/label, one table) per combination of these.
+GROUP_KEYS: tuple[str, ...] = ("dataset", "threat", "eps", "attack_label", "classifier", "label")
+ROW_KEY: tuple[str, ...] = ("cell", "example", "eval_run")
+REQUIRED_COLUMNS: tuple[str, ...] = (
+    "sweep", "cell", *GROUP_KEYS, "cell_examples", "eval_runs", "example", "y", "eval_run",
+    "clean_correct", "adv_pred", "adv_correct", "nfe", "time_s",
+)
+# Planned per-cell values: constant within a cell unless the writer has a bug.
+_CELL_CONSTANT: tuple[str, ...] = (*GROUP_KEYS, "cell_examples", "eval_runs")
+
+SUMMARY_COLUMNS: tuple[str, ...] = (
+    *GROUP_KEYS, "cells", "n", "cell_examples", "complete", "runs", "rows", "clean",
+    "robust_mean", "ci_lo", "ci_hi", "robust_vote", "robust_worst", "nfe", "time_s", "sweeps",
+)
+
+
+class ResultsError(UsageError, ValueError):
+    """Result files missing or inconsistent. A UsageError, so the CLI exits with code 2."""
+
+
+def _ignored(name: str) -> bool:
+    # `_report/`, `.tmp` files of an in-flight atomic write, hidden files: never results.
+    return name.startswith((".", "_")) or name.endswith(".tmp")
+
+
+def find_part_files(path: str | os.PathLike[str]) -> list[Path]:
+    """All result ``*.parquet`` files under ``path`` (recursive, sorted), skipping ignored names."""
+    root = Path(path)
+    if root.is_file():
+        return [root] if root.suffix == ".parquet" and not _ignored(root.name) else []
+    found: list[Path] = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not _ignored(d))  # prunes the walk
+        found.extend(Path(dirpath, f) for f in sorted(filenames)
+                     if f.endswith(".parquet") and not _ignored(f))
+    return found
+
+
+def load_results(path: str | os.PathLike[str]) -> pd.DataFrame:
+    """Read every result part file under ``path`` into one DataFrame (one row per example-run).
+
+    Adds a categorical ``source_file`` column. Raises :class:`ResultsError` when there are no
+    part files, a file lacks a required column, a (cell, example, eval_run) key appears more
+    than once, or a cell's planned values disagree between rows.
+    """
+    files = find_part_files(path)
+    if not files:
+        raise ResultsError(f"no result files under {path}")
+    tables: list[pa.Table] = []
+    for f in files:
+        # ParquetFile reads the file alone; read_table() would add hive columns from the path.
+        table = pq.ParquetFile(f).read()
+        missing = [c for c in REQUIRED_COLUMNS if c not in table.column_names]
+        if missing:
+            raise ResultsError(f"{f}: missing result column(s) {', '.join(missing)}")
+        tables.append(table)
+    # permissive: older writers may lack optional columns or use narrower integer types.
+    df = pa.concat_tables(tables, promote_options="permissive").to_pandas()
+    if df.empty:
+        raise ResultsError(f"no result rows under {path} ({len(files)} empty file(s))")
+    counts = [t.num_rows for t in tables]
+    df["source_file"] = pd.Categorical.from_codes(
+        np.repeat(np.arange(len(files)), counts), categories=[str(f) for f in files])
+    _check_duplicates(df)
+    _check_cells(df)
+    return df
+
+
+def _check_duplicates(df: pd.DataFrame) -> None:
+    dup = df[df.duplicated(list(ROW_KEY), keep=False)]
+    if dup.empty:
+        return
+    parts = []
+    for cell, rows in list(dup.groupby("cell", sort=True))[:3]:
+        keys = rows.drop_duplicates(list(ROW_KEY))
+        first = keys.iloc[0]
+        same = rows[(rows["example"] == first["example"]) & (rows["eval_run"] == first["eval_run"])]
+        files = ", ".join(sorted({Path(str(s)).name for s in same["source_file"]}))
+        parts.append(f"cell {cell}: {len(keys)} (example, eval_run) key(s) appear more than once, "
+                     f"e.g. example {first['example']} run {first['eval_run']} in {files}")
+    more = dup["cell"].nunique() - len(parts)
+    tail = f"; and {more} more cell(s)" if more > 0 else ""
+    raise ResultsError("duplicate result rows (a writer or resume bug): "
+                       + "; ".join(parts) + tail)
+
+
+def _check_cells(df: pd.DataFrame) -> None:
+    spread = df.groupby("cell", sort=True)[list(_CELL_CONSTANT)].nunique(dropna=False)
+    bad = spread[(spread > 1).any(axis=1)]
+    if not bad.empty:
+        cell = bad.index[0]
+        cols = [c for c in _CELL_CONSTANT if bad.loc[cell, c] > 1]
+        raise ResultsError(f"cell {cell}: rows disagree on {', '.join(cols)} "
+                           "(one content hash must mean one configuration)")
+
+
+def _majority_vote(df: pd.DataFrame) -> pd.Series:
+    """Most frequent adv_pred per (cell, example); ties go to the smallest class index."""
+    counts = (df.groupby(["cell", "example", "adv_pred"], sort=False).size()
+              .rename("k").reset_index())
+    counts = counts.sort_values(["cell", "example", "k", "adv_pred"],
+                                ascending=[True, True, False, True])
+    return counts.drop_duplicates(["cell", "example"]).set_index(["cell", "example"])["adv_pred"]
+
+
+def per_example(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per (cell, example): mean clean/adv correctness over runs, vote, worst case."""
+    ex = df.groupby(["cell", "example"], sort=True).agg(
+        y=("y", "first"),
+        clean=("clean_correct", "mean"),
+        robust_mean=("adv_correct", "mean"),
+        robust_worst=("adv_correct", "all"),
+        runs_seen=("eval_run", "nunique"),
+    )
+    vote = _majority_vote(df).reindex(ex.index)
+    ex["robust_vote"] = vote.to_numpy() == ex["y"].to_numpy()
+    cells = df.groupby("cell", sort=False)[list(_CELL_CONSTANT) + ["sweep"]].first()
+    return ex.reset_index().join(cells, on="cell")
+
+
+def _sort(frame: pd.DataFrame) -> pd.DataFrame:
+    # Baselines (`none` threat/attack/defence) lead; the rest sort by name, label before classifier.
+    helpers = {f"_{c}_named": frame[c].astype(str) != "none"
+               for c in ("threat", "attack_label", "label")}
+    order = ["dataset", "_threat_named", "threat", "eps", "_attack_label_named", "attack_label",
+             "_label_named", "label", "classifier"]
+    return (frame.assign(**helpers).sort_values(order, kind="stable")
+            .drop(columns=list(helpers)).reset_index(drop=True))
+
+
+def summarise(df: pd.DataFrame, z: float = 1.96) -> pd.DataFrame:
+    """One row per (dataset, threat, eps, attack_label, classifier, label); see SUMMARY_COLUMNS.
+
+    Accuracies weight every example equally (mean over examples of the per-example mean over
+    runs), so an example with a missing run is not under-weighted. ``complete`` is true only
+    when every cell in the group has all ``cell_examples`` examples, each with all
+    ``eval_runs`` runs. ``ci_lo``/``ci_hi`` bound ``robust_mean``
+    (:func:`analysis.stats.mean_accuracy_interval`). ``nfe`` is the mean per row (one
+    purification), ``time_s`` the total over rows.
+    """
+    keys = list(GROUP_KEYS)
+    ex = per_example(df)
+    ex["full"] = ex["runs_seen"] >= ex["eval_runs"]
+    per_cell = ex.groupby("cell", sort=False).agg(
+        n=("example", "size"), n_full=("full", "sum"),
+        cell_examples=("cell_examples", "first"), eval_runs=("eval_runs", "first"))
+    per_cell["complete"] = ((per_cell["n"] == per_cell["cell_examples"])
+                            & (per_cell["n_full"] == per_cell["cell_examples"]))
+    ex = ex.join(per_cell["complete"], on="cell")
+    row_stats = df.groupby(keys, sort=False, dropna=False).agg(
+        rows=("example", "size"), nfe=("nfe", "mean"), time_s=("time_s", "sum")).reset_index()
+
+    records = []
+    for key, g in ex.groupby(keys, sort=False, dropna=False):
+        planned = per_cell.loc[g["cell"].unique()]
+        lo, hi = mean_accuracy_interval(g["robust_mean"].to_numpy(), z)
+        records.append({
+            **dict(zip(keys, key)),
+            "cells": len(planned),
+            "n": len(g),
+            "cell_examples": int(planned["cell_examples"].sum()),
+            "complete": bool(planned["complete"].all()),
+            # Cells pooled in one group normally share eval_runs; if not, report the fewest.
+            "runs": int(planned["eval_runs"].min()),
+            "clean": float(g["clean"].mean()),
+            "robust_mean": float(g["robust_mean"].mean()),
+            "ci_lo": lo,
+            "ci_hi": hi,
+            "robust_vote": float(g["robust_vote"].mean()),
+            "robust_worst": float(g["robust_worst"].mean()),
+            "sweeps": ",".join(sorted(map(str, g["sweep"].unique()))),
+        })
+    out = pd.DataFrame.from_records(records).merge(row_stats, on=keys, how="left")
+    return _sort(out[list(SUMMARY_COLUMNS)])
