@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from harness.fsutil import atomic_write
+
 from .aggregate import load_results, summarise
 from .tables import render_csv, render_latex, render_markdown, render_text
 
@@ -41,17 +43,6 @@ def describe(df: pd.DataFrame, summary: pd.DataFrame, results_path: str | os.Pat
     return "\n".join(lines)
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    # Dot-prefixed .tmp name: readers (and our loader) never see a half-written file.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8", newline="") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def build_report(results_path: str | os.PathLike[str],
                  out_dir: str | os.PathLike[str] | None = None) -> str:
     """Summarise all results under ``results_path``; write report.{md,csv,tex}; return console text.
@@ -65,9 +56,9 @@ def build_report(results_path: str | os.PathLike[str],
     out = Path(out_dir) if out_dir is not None else default_out_dir(results_path)
     out.mkdir(parents=True, exist_ok=True)
     md_header = "# Robustness report\n\n" + "\n".join(f"- {h}" for h in header.splitlines())
-    _write_atomic(out / "report.md", md_header + "\n\n" + render_markdown(summary))
-    _write_atomic(out / "report.csv", render_csv(summary))
-    _write_atomic(out / "report.tex", render_latex(summary))
+    atomic_write(out / "report.md", md_header + "\n\n" + render_markdown(summary))
+    atomic_write(out / "report.csv", render_csv(summary))
+    atomic_write(out / "report.tex", render_latex(summary))
     return header + "\n\n" + render_text(summary)
 
 

@@ -7,14 +7,13 @@ estimates of denoiser evaluations, for sizing jobs before anything is submitted.
 from __future__ import annotations
 
 import io
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from .errors import UsageError
+from .fsutil import atomic_write
 from .grid import Grid, canonical_json, cell_hash, cell_label
 
 T = 1000  # diffusion steps of the backbones' forward process; a float t_s < 1 is a fraction of it
@@ -110,20 +109,6 @@ def _parquet_bytes(df: pd.DataFrame) -> bytes:
     return buf.getvalue()
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    # Readers (array tasks, status) see the old file or the new one, never half of one.
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _existing_cells(path: Path) -> set[str]:
     try:
         return set(load_plan(path)["cell"])
@@ -151,8 +136,8 @@ def write_plan(grid: Grid, jobs_dir: str | Path = "jobs", overwrite: bool = Fals
                 and grid_path.read_bytes() == grid.source):
             return plan_path
     out.mkdir(parents=True, exist_ok=True)
-    _atomic_write(grid_path, grid.source)  # the plan last: its presence marks a complete write
-    _atomic_write(plan_path, data)
+    atomic_write(grid_path, grid.source)  # the plan last: its presence marks a complete write
+    atomic_write(plan_path, data)
     return plan_path
 
 

@@ -1,0 +1,13 @@
+"""No attack: clean accuracy through the purifier and through the bare classifier."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ..rng import ExampleNoise
+
+
+def attack(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, params: dict[str, Any],
+           noise: ExampleNoise) -> tuple[torch.Tensor, int]:
+    return x, 0

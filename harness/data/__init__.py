@@ -1,0 +1,1 @@
+"""Datasets: each returns images in [0, 1], NCHW, with integer labels."""

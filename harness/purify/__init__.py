@@ -1,0 +1,1 @@
+"""Purification: the diffusion schedule, reverse samplers, Tucker denoising, the loops."""

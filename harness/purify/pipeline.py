@@ -1,0 +1,128 @@
+"""The purifier as configured by a grid cell, and the defended model (purify → classify).
+
+LoRID, DiffPure-style and multi-step purification are the same loop with different
+lists of rounds; `none` and `tucker` are the reference rows.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..rng import ExampleNoise
+from .samplers import EpsFn, reverse
+from .schedule import Schedule
+from .tucker import tucker_denoise
+
+
+@dataclass
+class PurifierConfig:
+    """Resolved purifier parameters, whatever plugin named them."""
+
+    rounds: list[float | int] = field(default_factory=list)  # diffusion time of each round
+    sampler: str = "ddpm"
+    steps: int = 0
+    tucker: str = "none"  # none | pre | noisy | every_loop | only
+    tucker_patch: int = 4
+    tucker_stride: int = 2
+    tucker_rank: float = 0.5
+    tucker_per: str = "image"
+    denoiser: str | None = None
+
+    @classmethod
+    def from_plugin(cls, name: str, params: dict[str, Any]) -> "PurifierConfig":
+        tk = {k: params[k] for k in ("tucker_patch", "tucker_stride", "tucker_rank", "tucker_per") if k in params}
+        common = {k: params[k] for k in ("sampler", "steps", "denoiser") if k in params}
+        if name == "none":
+            return cls()
+        if name == "tucker":
+            return cls(tucker="only", **tk)
+        if name == "lorid":
+            return cls(rounds=[params["t_s"]] * params["loops"], tucker=params["tucker"], **tk, **common)
+        if name == "diffpure":
+            return cls(rounds=[params["t_s"]], **common)
+        if name == "multistep":
+            return cls(rounds=list(params["schedule"]), **common)
+        raise ValueError(f"no purifier configuration for plugin {name!r}")
+
+
+class Purifier(nn.Module):
+    """x in [0,1] → purified x in [0,1]; differentiable end to end.
+
+    `noise` supplies every random draw (forward diffusion and ancestral steps), one
+    generator per example. `nfe` counts denoiser evaluations per example in the last call.
+    """
+
+    def __init__(self, config: PurifierConfig, eps_fn: EpsFn | None = None,
+                 schedule: Schedule | None = None, checkpoint: bool = True, clip_denoised: bool = True):
+        super().__init__()
+        self.config = config
+        self.eps_fn = eps_fn
+        if isinstance(eps_fn, nn.Module):
+            self.denoiser = eps_fn  # registered so .to(device) moves it
+        self.schedule = schedule or Schedule.linear()
+        self.checkpoint = checkpoint
+        self.clip_denoised = clip_denoised
+        self.nfe = 0
+        self._ks = [self.schedule.step_of(t) for t in config.rounds]
+        if self._ks and eps_fn is None:
+            raise ValueError("a diffusion purifier needs a noise predictor")
+
+    @property
+    def stochastic(self) -> bool:
+        return bool(self._ks)
+
+    def _tucker(self, x: torch.Tensor) -> torch.Tensor:
+        c = self.config
+        return tucker_denoise(x, patch=c.tucker_patch, stride=c.tucker_stride, rank=c.tucker_rank, per=c.tucker_per)
+
+    def forward(self, x01: torch.Tensor, noise: ExampleNoise | None = None) -> torch.Tensor:
+        c = self.config
+        self.nfe = 0
+        if c.tucker == "only":
+            return self._tucker(x01).clamp(0, 1)
+        if not self._ks:
+            return x01
+        if noise is None:
+            raise ValueError("a stochastic purifier needs a noise source")
+        return ((self.run_rounds(2 * x01 - 1, noise) + 1) / 2).clamp(0, 1)
+
+    def run_rounds(self, x: torch.Tensor, noise: ExampleNoise) -> torch.Tensor:
+        """The diffuse/denoise rounds on x in the diffusion range [-1,1] (no final clamp)."""
+        c = self.config
+        self.nfe = 0
+        if c.tucker == "pre":
+            x = self._tucker(x)
+        for i, k in enumerate(self._ks):
+            x_t = self.schedule.diffuse(x, k, noise.randn_like(x))
+            if c.tucker == "every_loop" or (c.tucker == "noisy" and i == 0):
+                x_t = self._tucker(x_t)
+            x, n = reverse(self.eps_fn, x_t, k, self.schedule, steps=c.steps, sampler=c.sampler,
+                           noise=noise, clip=self.clip_denoised, checkpoint=self.checkpoint)
+            self.nfe += n
+        return x
+
+
+def build(name: str, params: dict[str, Any], device: torch.device | str = "cpu") -> Purifier:
+    """The purifier a cell names, with its bundled or local denoiser loaded on device."""
+    config = PurifierConfig.from_plugin(name, params)
+    eps_fn = None
+    if config.rounds:
+        from ..models.bundled import load_denoiser
+
+        eps_fn = load_denoiser(config.denoiser or "digits-ddpm").to(device)
+    return Purifier(config, eps_fn).to(device)
+
+
+class Defended(nn.Module):
+    """classifier(purifier(x)): the whole pipeline an exact-gradient attack differentiates."""
+
+    def __init__(self, purifier: Purifier, classifier: nn.Module):
+        super().__init__()
+        self.purifier = purifier
+        self.classifier = classifier
+
+    def forward(self, x01: torch.Tensor, noise: ExampleNoise | None = None) -> torch.Tensor:
+        return self.classifier(self.purifier(x01, noise))

@@ -1,0 +1,100 @@
+"""One plan row (a cell × a shard of examples): what an array task or `harness run` executes.
+
+The worker receives only (plan path, row index): the cell's parameters come from the plan,
+assets from local files. Already finished examples are skipped, so running a row twice,
+or after a kill, completes it without duplicating a row.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from . import registry
+from .results import done_examples, part_path, provenance, shard_dir, write_part
+
+
+@dataclass
+class Assets:
+    """Loaded data sets and models, cached across the rows one process runs."""
+
+    device: str = "cpu"
+    cache: dict[str, Any] = field(default_factory=dict)
+
+    def get(self, key: str, make: Callable[[], Any]) -> Any:
+        if key not in self.cache:
+            self.cache[key] = make()
+        return self.cache[key]
+
+    def dataset(self, entry: dict[str, Any]) -> Any:
+        spec = registry.get("dataset", entry["name"])
+        return self.get(f"dataset:{json.dumps(entry, sort_keys=True)}", lambda: spec.load()(entry["params"]))
+
+    def defended(self, cell: dict[str, Any]) -> Any:
+        from .purify.pipeline import Defended
+
+        cls_entry, pur_entry = cell["classifier"], cell["purifier"]
+        classifier = self.get(f"classifier:{json.dumps(cls_entry, sort_keys=True)}",
+                              lambda: registry.get("classifier", cls_entry["name"]).load()(cls_entry["params"]).to(self.device))
+        purifier = self.get(f"purifier:{json.dumps(pur_entry, sort_keys=True)}",
+                            lambda: registry.get("purifier", pur_entry["name"]).load()(
+                                pur_entry["name"], pur_entry["params"], self.device))
+        return Defended(purifier, classifier)
+
+
+def pending(plan_row: dict[str, Any], results_dir: Path, rank: int = 0, world: int = 1) -> list[int]:
+    """This rank's examples of the row that have no rows yet (disjoint across ranks)."""
+    done = done_examples(shard_dir(results_dir, plan_row["sweep"], plan_row["cell"], plan_row["shard"]))
+    mine = range(plan_row["start"] + rank, plan_row["stop"], world)
+    return [e for e in mine if e not in done]
+
+
+def run_row(plan_row: dict[str, Any], results_dir: str | Path, assets: Assets, *, rank: int = 0,
+            world: int = 1, cell_examples: int | None = None,
+            on_batch: Callable[[int], None] | None = None) -> int:
+    """Compute and write every missing example of the row for this rank; returns rows written."""
+    from .evaluate import Batch, evaluate_batch
+    from .data.base import selection
+
+    results_dir = Path(results_dir)
+    cell = json.loads(plan_row["cell_json"])
+    todo = pending(plan_row, results_dir, rank, world)
+    if not todo:
+        return 0
+    data = assets.dataset(cell["dataset"])
+    order = selection(len(data), cell["data_seed"])
+    if plan_row["stop"] > len(order):
+        from .errors import UsageError
+
+        raise UsageError(f"cell {plan_row['cell']}: {plan_row['stop']} examples asked, "
+                         f"but data set {cell['dataset']['name']!r} has {len(order)}")
+    model = assets.defended(cell)
+    attack = cell["attack"]
+    attack_fn = registry.get("attack", attack["name"]).load()
+    constant = {
+        "sweep": plan_row["sweep"], "cell": plan_row["cell"], "shard": int(plan_row["shard"]), "rank": rank,
+        "label": plan_row["label"], "attack_label": plan_row["attack_label"],
+        **{k: cell[k]["name"] for k in ("dataset", "classifier", "purifier", "attack")},
+        "threat": attack["params"].get("norm", "none"), "eps": float(attack["params"].get("eps", 0.0)),
+        "seed": cell["seed"], "cell_examples": int(cell_examples or plan_row["stop"]),
+        "eval_runs": cell["eval_runs"], "cell_json": plan_row["cell_json"],
+        "device": str(assets.device), **provenance(),
+    }
+    out_dir = shard_dir(results_dir, plan_row["sweep"], plan_row["cell"], plan_row["shard"])
+    written = 0
+    bs = int(plan_row["batch_size"])
+    for i in range(0, len(todo), bs):
+        examples = todo[i:i + bs]
+        idx = order[np.asarray(examples)]
+        x, y = data.take(idx)
+        batch = Batch(examples, idx.tolist(), x.to(assets.device), y.to(assets.device))
+        rows = evaluate_batch(model, batch, cell=plan_row["cell"], attack_fn=attack_fn,
+                              attack_params=attack["params"], eval_runs=cell["eval_runs"], seed=cell["seed"])
+        write_part([{**constant, **r} for r in rows], part_path(out_dir, rank, examples[0]))
+        written += len(rows)
+        if on_batch:
+            on_batch(len(examples))
+    return written
