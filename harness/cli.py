@@ -50,6 +50,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from .grid import load_grid
     from .plan import make_plan, summary, write_plan
+    from .launch.task import mark_complete
+    from .ranks import World
+    from .results import shard_dir
     from .worker import Assets, pending, run_row
 
     grid = load_grid(args.grid)
@@ -65,8 +68,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         print("every row is already complete; nothing to run")
     assets = Assets(device=args.device)
     for r in rows:
-        run_row(r, results, assets, cell_examples=grid.examples,
-                on_batch=lambda n, r=r: progress.advance(n, f"· {r['label']} · {r['attack_label']}"))
+        written = run_row(r, results, assets, cell_examples=grid.examples,
+                          on_batch=lambda n, r=r: progress.advance(n, f"· {r['label']} · {r['attack_label']}"))
+        mark_complete(r, shard_dir(results, r["sweep"], r["cell"], r["shard"]), World(), written)
     print(f"results: {results / grid.sweep}")
     if args.report:
         return cmd_report(argparse.Namespace(results=str(results / grid.sweep), out=None))
