@@ -388,9 +388,9 @@ def _fmt(value: Any) -> str:
 
 def cell_label(cell: dict[str, Any], kind: str = "purifier") -> str:
     """A short label of one plugin of the cell, e.g. "lorid(steps=5,tucker=pre)":
-    only parameters that differ from the plugin's declared defaults are listed."""
+    the plugin's `label` parameters and those that differ from its declared defaults."""
     entry = cell[kind]
     spec = registry.get(kind, entry["name"])
     diff = [f"{p}={_fmt(v)}" for p, v in entry["params"].items()
-            if spec.params[p].default is registry.REQUIRED or v != spec.params[p].default]
+            if p in spec.label or spec.params[p].default is registry.REQUIRED or v != spec.params[p].default]
     return f"{entry['name']}({','.join(diff)})" if diff else entry["name"]

@@ -59,6 +59,7 @@ register(PluginSpec(
         **_TUCKER,
     },
     capabilities=frozenset({"stochastic", "diffusion"}),
+    label=("t_s", "loops"),
     help="LoRID: L rounds of diffuse-then-denoise at an early time, optional Tucker step",
 ))
 register(PluginSpec(
@@ -69,6 +70,7 @@ register(PluginSpec(
         **_SAMPLER,
     },
     capabilities=frozenset({"stochastic", "diffusion"}),
+    label=("t_s",),
     help="DiffPure-style: one diffuse/denoise round at t* (DDPM ancestral or DDIM)",
 ))
 register(PluginSpec(
@@ -100,5 +102,6 @@ register(PluginSpec(
                           help="exact: through the whole purifier; greybox: classifier alone, then purify"),
     },
     capabilities=frozenset({"needs_gradients", "eot"}),
+    label=("norm", "eps", "steps", "eot"),
     help="projected gradient descent (Madry et al.) with expectation over transformation",
 ))

@@ -99,6 +99,7 @@ class PluginSpec:
     params: dict[str, Param] = field(default_factory=dict)
     capabilities: frozenset[str] = frozenset()
     help: str = ""
+    label: tuple[str, ...] = ()  # parameters every table label shows, even at their default
 
     def resolve(self, params: dict[str, Any] | None, file: str, key: str) -> dict[str, Any]:
         """Validate given parameters and fill defaults; unknown or missing keys are errors."""

@@ -46,7 +46,7 @@ def test_smoke_grid_counts() -> None:
     g = load_grid(SMOKE)
     assert len(g.cells) == 13
     assert (g.sweep, g.examples, g.batch_size, g.shard_size, g.seeds, g.eval_runs) == \
-        ("smoke", 100, 50, 50, [0], 3)
+        ("smoke", 100, 50, 100, [0], 3)
     pairs = {(c["purifier"]["name"], c["attack"]["params"].get("gradient")) for c in g.cells}
     assert ("none", "greybox") not in pairs and ("tucker", "greybox") not in pairs
     assert ("lorid", "greybox") in pairs and ("none", None) in pairs
@@ -175,8 +175,9 @@ def test_hash_changes_with_params() -> None:
 def test_cell_label() -> None:
     [c] = cells(purifier={"name": "lorid", "params": {"t_s": 0.2, "steps": 5, "tucker": "pre"}},
                 attack={"name": "pgd", "params": {"eps": 0.1, "step_size": 0.01}})
-    assert cell_label(c) == "lorid(t_s=0.2,steps=5,tucker=pre)"
-    assert cell_label(c, "attack") == "pgd(eps=0.1,step_size=0.01)"
+    # t_s and loops are declared label parameters: shown even at their default
+    assert cell_label(c) == "lorid(t_s=0.2,loops=3,steps=5,tucker=pre)"
+    assert cell_label(c, "attack") == "pgd(norm=linf,eps=0.1,steps=20,step_size=0.01,eot=1)"
     [n] = cells()
     assert cell_label(n) == "none"
 

@@ -46,8 +46,8 @@ def test_shard_ranges(tmp_path: Path) -> None:
 
 def test_smoke_plan() -> None:
     df = make_plan(load_grid(SMOKE))
-    assert len(df) == 13 * 2  # 13 cells, 100 examples in shards of 50
-    assert summary(df).startswith("13 cells × 100 examples = 1300 cell-examples in 26 shards")
+    assert len(df) == 13  # 13 cells, 100 examples in one shard of 100
+    assert summary(df).startswith("13 cells × 100 examples = 1300 cell-examples in 13 shards")
 
 
 def test_row_carries_cell(tmp_path: Path) -> None:
@@ -56,7 +56,7 @@ def test_row_carries_cell(tmp_path: Path) -> None:
     g = make_grid(tmp_path)
     df = make_plan(g)
     assert json.loads(df["cell_json"][0]) == g.cells[0]
-    assert df["label"].tolist()[-1] == "lorid" and df["batch_size"][0] == 64
+    assert df["label"].tolist()[-1] == "lorid(t_s=0.1,loops=3)" and df["batch_size"][0] == 64
 
 
 # ---------------------------------------------------------------- cost estimate
@@ -85,8 +85,8 @@ def test_nfe_total(tmp_path: Path) -> None:
     df = make_plan(g)
     last = df[df["shard"] == 3].set_index("attack_label")["nfe_total"]  # 10 examples
     # 15 NFE/example × 10 examples × (3 runs × 2 + 20 steps × 4 EOT × 2 for exact gradients)
-    assert last["pgd(eps=0.1,step_size=0.01,eot=4)"] == 15 * 10 * (6 + 160)
-    assert last["pgd(eps=0.1,step_size=0.01,eot=4,gradient=greybox)"] == 15 * 10 * 6
+    assert last["pgd(norm=linf,eps=0.1,steps=20,step_size=0.01,eot=4)"] == 15 * 10 * (6 + 160)
+    assert last["pgd(norm=linf,eps=0.1,steps=20,step_size=0.01,eot=4,gradient=greybox)"] == 15 * 10 * 6
     assert last["none"] == 15 * 10 * 6
 
 

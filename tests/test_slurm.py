@@ -1,0 +1,519 @@
+"""`harness submit` / `harness status` / slurm/sweep.sh against a real one-node Slurm cluster.
+
+The cluster comes from scripts/test.sh (HARNESS_CLUSTER_DIR, SLURM_CONF). Without it, this
+module brings one up with .ci/cluster.sh and stops it afterwards; under CI (env CI set) a
+missing cluster is a failure, not a skip. Every wait on a job is bounded.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+from conftest import ROOT, TINY_GRID, harness
+
+PROFILES = ROOT / "slurm" / "profiles"
+SWEEP_SH = ROOT / "slurm" / "sweep.sh"
+GOLDEN = Path(__file__).resolve().parent / "golden"
+KEY = ["cell", "example", "eval_run"]
+TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "PREEMPTED",
+            "BOOT_FAIL", "DEADLINE"}
+
+# Two rows of eight single-example batches each (~1.5 s a batch here): long enough to kill mid-row.
+SLOW_GRID = """\
+sweep: {sweep}
+dataset: digits
+classifier: digits-cnn
+purifier:
+  name: lorid
+  params: {{t_s: 0.05, loops: 2, steps: 2}}
+attack:
+  name: pgd
+  params: {{norm: linf, eps: 0.1, steps: 8, step_size: 0.02, eot: 4}}
+examples: 16
+batch_size: 1
+shard_size: 8
+eval_runs: 1
+"""
+
+# One row, no model work beyond the classifier: the cheapest real job.
+CHEAP_GRID = """\
+sweep: {sweep}
+dataset: digits
+classifier: digits-cnn
+purifier: none
+attack: none
+examples: 2
+batch_size: 2
+shard_size: 2
+"""
+
+
+# ---------------------------------------------------------------- the cluster
+
+@dataclass
+class Cluster:
+    state: Path
+    conf: Path
+
+
+def _sinfo_ok(conf: Path) -> bool:
+    try:
+        r = subprocess.run(["sinfo", "-h", "-o", "%t"], env={**os.environ, "SLURM_CONF": str(conf)},
+                           capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return r.returncode == 0 and any(s in r.stdout for s in ("idle", "mix", "alloc"))
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A reachable Slurm cluster with accounting; brought up here when not already (never under CI)."""
+    state = Path(os.environ.get("HARNESS_CLUSTER_DIR") or "/tmp/harness-cluster")
+    conf = Path(os.environ.get("SLURM_CONF") or state / "etc" / "slurm.conf")
+    started = False
+    if not _sinfo_ok(conf):
+        if os.environ.get("CI"):
+            pytest.fail(f"no Slurm cluster reachable (SLURM_CONF={conf}); under CI the cluster must be up: "
+                        "run the suite through scripts/test.sh")
+        script = ROOT / ".ci" / "cluster.sh"
+        if shutil.which("slurmctld") is None:
+            subprocess.run(["bash", str(script), "install"], check=True, timeout=600)
+        r = subprocess.run(["bash", str(script), "up", str(state)], capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, f"could not bring the test cluster up:\n{r.stderr[-3000:]}"
+        conf = state / "etc" / "slurm.conf"
+        started = True
+        assert _sinfo_ok(conf), "cluster.sh up succeeded but sinfo does not answer"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SLURM_CONF", str(conf))
+        mp.setenv("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        mp.setenv("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+        mp.setenv("OMP_NUM_THREADS", "1")  # 2 cores shared by every task: no thread oversubscription
+        yield Cluster(state, conf)
+    if started:
+        subprocess.run(["bash", str(ROOT / ".ci" / "cluster.sh"), "down", str(state)], timeout=300)
+
+
+def logs_dir(tmp_path: Path) -> Path:
+    d = tmp_path / "logs"  # sbatch does not create the directory of --output
+    d.mkdir(exist_ok=True)
+    return d
+
+
+def run(*cmd: str, cwd: Path | None = None, timeout: float = 60, env: dict | None = None,
+        check: bool = True) -> subprocess.CompletedProcess:
+    r = subprocess.run(list(cmd), cwd=cwd, capture_output=True, text=True, timeout=timeout,
+                       env={**os.environ, **(env or {})})
+    if check:
+        assert r.returncode == 0, f"{cmd}: rc {r.returncode}\n{r.stdout}\n{r.stderr}"
+    return r
+
+
+def wait_until(pred: Callable[[], bool], timeout: float, what: str, poll: float = 0.5,
+               debug: Callable[[], str] = lambda: "") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return
+        time.sleep(poll)
+    pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}\n{debug()}")
+
+
+def task_states(job_ids: list[str]) -> dict[str, str]:
+    from harness.launch.status import scheduler_states
+
+    states, source = scheduler_states(job_ids)
+    assert "sacct" in source, "the test cluster has accounting; sacct must answer"
+    return states
+
+
+def wait_tasks(tasks: list[str], timeout: float, logs: Path | None = None) -> dict[str, str]:
+    """Wait until every task id (e.g. '12_3') is in a terminal state; return the states."""
+    jobs = sorted({t.split("_")[0] for t in tasks})
+    seen: dict[str, str] = {}
+
+    def done() -> bool:
+        seen.update(task_states(jobs))
+        return all(seen.get(t) in TERMINAL for t in tasks)
+
+    def debug() -> str:
+        tail = ""
+        if logs is not None:
+            for f in sorted(logs.rglob("*.out"))[-3:]:
+                tail += f"---- {f}\n{f.read_text()[-1500:]}\n"
+        return f"states: {seen}\n{tail}"
+
+    wait_until(done, timeout, f"tasks {tasks}", poll=1.0, debug=debug)
+    return {t: seen[t] for t in tasks}
+
+
+def submitted_tasks(jobs_sweep: Path) -> list[str]:
+    from harness.launch.status import read_submissions, row_tasks
+
+    return sorted(row_tasks(read_submissions(jobs_sweep)).values())
+
+
+def result_rows(results_sweep: Path) -> pd.DataFrame:
+    files = sorted(results_sweep.rglob("rank-*-part-*.parquet"))
+    assert files, f"no part files under {results_sweep}"
+    return pd.concat([pq.read_table(f).to_pandas() for f in files], ignore_index=True)
+
+
+def predictions(results_sweep: Path) -> pd.DataFrame:
+    rows = result_rows(results_sweep)
+    assert not rows.duplicated(KEY).any(), rows[rows.duplicated(KEY, keep=False)][KEY]
+    return rows.set_index(KEY)[["clean_pred", "adv_pred"]].sort_index()
+
+
+def job_id_from(stdout: str) -> str:
+    m = re.findall(r"job (\d+)$", stdout, re.M)
+    assert m, stdout
+    return m[-1]
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+@pytest.fixture(scope="module")
+def baseline(tmp_path_factory) -> pd.DataFrame:
+    """`harness run` of the tiny grid in one process: the predictions every launcher must give."""
+    d = tmp_path_factory.mktemp("baseline")
+    write(d / "tiny.yaml", TINY_GRID)
+    r = run(sys.executable, "-m", "harness.cli", "run", "--grid", "tiny.yaml", "--jobs", "jobs",
+            "--results", "results", cwd=d, timeout=300, env={"OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr
+    return predictions(d / "results" / "tiny")
+
+
+# ---------------------------------------------------------------- same predictions, every launcher
+
+def test_submit_array_matches_harness_run(cluster: Cluster, baseline: pd.DataFrame, tmp_path: Path) -> None:
+    write(tmp_path / "tiny.yaml", TINY_GRID)
+    profile = str(PROFILES / "local.yaml")
+    args = ("submit", "--grid", "tiny.yaml", "--profile", profile, "--jobs", "jobs", "--results", "results")
+    dry = harness(*args, "--dry-run", cwd=tmp_path, timeout=120)
+    assert dry.returncode == 0, dry.stderr
+    assert not (tmp_path / "jobs").exists(), "a dry run writes nothing"
+    script = dry.stdout.split("(max array size", 1)[1].split("\n", 1)[1]
+
+    t0 = time.monotonic()
+    r = harness(*args, cwd=tmp_path, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert time.monotonic() - t0 < 60, "submit must return at once"
+    job = job_id_from(r.stdout)
+    assert "harness status" in r.stdout
+    jobs_sweep = tmp_path / "jobs" / "tiny"
+    # What was submitted is exactly what the dry run printed.
+    assert (jobs_sweep / "slurm" / f"{job}_submission.sh").read_text() + "\n" == script
+    record = json.loads((jobs_sweep / "submissions.jsonl").read_text())
+    assert record["job_id"] == job and record["rows"] == list(range(8)) and record["profile_name"] == "local"
+
+    states = wait_tasks(submitted_tasks(jobs_sweep), 420, logs=jobs_sweep / "slurm")
+    assert set(states.values()) == {"COMPLETED"}, states
+    pd.testing.assert_frame_equal(predictions(tmp_path / "results" / "tiny"), baseline)
+
+    st = harness("status", str(jobs_sweep), cwd=tmp_path)
+    assert st.returncode == 0, st.stderr
+    total = next(line for line in st.stdout.splitlines() if line.startswith("total")).split()
+    assert total[1:] == ["48", "48", "0", "0", "0", "0"], st.stdout
+    st2 = harness("status", str(tmp_path / "results" / "tiny"), cwd=tmp_path)
+    assert st2.returncode == 0, st2.stderr
+    total = next(line for line in st2.stdout.splitlines() if line.startswith("total")).split()
+    assert total[1:] == ["48", "48", "0", "0", "0", "0"], st2.stdout
+
+    again = harness(*args, cwd=tmp_path, timeout=120)
+    assert again.returncode == 0 and "nothing to submit" in again.stdout, again.stdout + again.stderr
+    assert len((jobs_sweep / "submissions.jsonl").read_text().splitlines()) == 1
+
+
+def test_sweep_sh_array_matches_harness_run(cluster: Cluster, baseline: pd.DataFrame, tmp_path: Path) -> None:
+    write(tmp_path / "tiny.yaml", TINY_GRID)
+    assert harness("plan", "--grid", "tiny.yaml", "--jobs", "jobs", cwd=tmp_path).returncode == 0
+    env = {"HARNESS_PYTHON": sys.executable, "HARNESS_RESULTS": str(tmp_path / "results")}
+    r = run("sbatch", "--parsable", "--array=0-7%4", "--output", str(logs_dir(tmp_path) / "%A_%a.out"),
+            str(SWEEP_SH), "jobs/tiny/plan.parquet", cwd=tmp_path, env=env)
+    job = r.stdout.strip().split(";")[0]
+    states = wait_tasks([f"{job}_{i}" for i in range(8)], 420, logs=tmp_path / "logs")
+    assert set(states.values()) == {"COMPLETED"}, states
+    pd.testing.assert_frame_equal(predictions(tmp_path / "results" / "tiny"), baseline)
+
+
+# ---------------------------------------------------------------- kill, requeue, resume
+
+def test_scancel_and_requeue_then_resume_complete_exactly_once(cluster: Cluster, tmp_path: Path) -> None:
+    """Row 0's task is cancelled and row 1's requeued, both mid-row; `submit --resume` resubmits
+    only row 0 (row 1 is queued again by Slurm itself); every example ends up there exactly once."""
+    sweep = "slow"
+    write(tmp_path / "slow.yaml", SLOW_GRID.format(sweep=sweep))
+    args = ("submit", "--grid", "slow.yaml", "--profile", str(PROFILES / "local.yaml"), "--jobs", "jobs",
+            "--results", "results")
+    r = harness(*args, cwd=tmp_path, timeout=120)
+    assert r.returncode == 0, r.stderr
+    job = job_id_from(r.stdout)
+    jobs_sweep, results_sweep = tmp_path / "jobs" / sweep, tmp_path / "results" / sweep
+    first_parts = lambda: all(any(results_sweep.glob(f"cell=*/shard={k}/rank-*-part-*.parquet"))  # noqa: E731
+                              for k in (0, 1))
+    wait_until(first_parts, 240, "a first batch of rows 0 and 1", debug=lambda: str(task_states([job])))
+    assert {t: s for t, s in task_states([job]).items()} == {f"{job}_0": "RUNNING", f"{job}_1": "RUNNING"}
+
+    run("scancel", f"{job}_0")
+    run("scontrol", "requeue", f"{job}_1")
+    for k in (0, 1):
+        assert not next(results_sweep.glob(f"cell=*/shard={k}")).joinpath("_COMPLETE.json").exists(), \
+            "a row finished before it was interrupted; make SLOW_GRID heavier"
+    # Cancelled: COMPLETING (still running its last batch) until it is gone, then CANCELLED.
+    wait_until(lambda: task_states([job]).get(f"{job}_0") == "CANCELLED", 60, "task 0 cancelled")
+
+    # Slurm holds a requeued job for ~2 minutes (BeginTime); release it once it is pending again
+    # (an update while the first instance is still ending does not stick).
+    def released() -> bool:
+        q = run("squeue", "-h", "-j", f"{job}_1", "-o", "%T", check=False).stdout.strip()
+        if q == "PENDING":
+            run("scontrol", "update", f"jobid={job}_1", "StartTime=now", check=False)
+        return q == "RUNNING"  # the first instance had ended: this is the requeued one
+
+    wait_until(released, 60, "task 1 running again after requeue", poll=1.0)
+
+    again = harness(*args, "--resume", cwd=tmp_path, timeout=120)
+    assert again.returncode == 0, again.stderr
+    assert "2 rows: 0 complete, 1 queued or running, 1 to submit" in again.stdout, again.stdout
+    assert "plan rows 0 " in again.stdout, again.stdout
+    wait_tasks(submitted_tasks(jobs_sweep) + [f"{job}_1"], 420, logs=jobs_sweep / "slurm")
+
+    rows = result_rows(results_sweep)
+    assert len(rows) == 16 and not rows.duplicated(KEY).any(), rows[KEY].value_counts()
+    assert set(rows["example"]) == set(range(16))
+    assert all((d / "_COMPLETE.json").is_file() for d in results_sweep.glob("cell=*/shard=*"))
+    st = harness("status", str(jobs_sweep), cwd=tmp_path)
+    assert "complete; tables" in st.stdout, st.stdout
+    done = harness(*args, "--resume", cwd=tmp_path, timeout=120)
+    assert "nothing to submit" in done.stdout, done.stdout
+
+
+# ---------------------------------------------------------------- dry run: the golden batch scripts
+
+def _normalise(text: str, tmp: Path) -> str:
+    text = text.replace(sys.executable, "<PYTHON>")
+    text = text.replace(str(tmp), "<TMP>").replace(str(ROOT), "<REPO>")
+    return re.sub(r"\(max array size \d+, [^)]*\)", "(max array size <N>)", text)
+
+
+@pytest.mark.parametrize("profile", ["local", "gh200", "a100"])
+def test_dry_run_matches_golden(profile: str, tmp_path: Path) -> None:
+    write(tmp_path / "tiny.yaml", TINY_GRID)
+    r = harness("submit", "--grid", "tiny.yaml", "--profile", str(PROFILES / f"{profile}.yaml"),
+                "--jobs", "jobs", "--results", "results", "--dry-run", cwd=tmp_path, timeout=120)
+    assert r.returncode == 0, r.stderr
+    got = _normalise(r.stdout, tmp_path)
+    golden = GOLDEN / f"dry-run-{profile}.txt"
+    if os.environ.get("UPDATE_GOLDEN"):
+        golden.parent.mkdir(exist_ok=True)
+        golden.write_text(got)
+    assert golden.is_file(), f"{golden} missing; create it with UPDATE_GOLDEN=1"
+    assert got == golden.read_text(), f"dry-run text changed; if intended, regenerate with UPDATE_GOLDEN=1\n{got}"
+    assert not (tmp_path / "jobs").exists()
+
+
+def test_dry_run_chunks_to_max_array_size(tmp_path: Path) -> None:
+    write(tmp_path / "tiny.yaml", TINY_GRID)
+    prof = (PROFILES / "local.yaml").read_text() + "max_array_size: 3\n"
+    write(tmp_path / "p.yaml", prof)
+    r = harness("submit", "--grid", "tiny.yaml", "--profile", "p.yaml", "--dry-run", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    heads = re.findall(r"^# array job (\d)/(\d): plan rows (\S+)", r.stdout, re.M)
+    assert heads == [("1", "3", "0-2"), ("2", "3", "3-5"), ("3", "3", "6-7")], r.stdout
+    assert re.findall(r"--array=(\S+)", r.stdout) == ["0-2%3", "0-2%3", "0-1%2"]
+
+
+# ---------------------------------------------------------------- no injection through values
+
+def test_values_needing_quotes_cannot_inject(cluster: Cluster, tmp_path: Path) -> None:
+    """Spaces, $(...), backquotes and ; in the results/jobs paths and profile values stay data."""
+    write(tmp_path / "cheap.yaml", CHEAP_GRID.format(sweep="quoted"))
+    prof = (PROFILES / "local.yaml").read_text().replace(
+        "    OMP_NUM_THREADS", "    HARNESS_NOTE: \"a $(touch pwned-env); `touch pwned-tick` 'b\"\n    OMP_NUM_THREADS")
+    write(tmp_path / "p r o f.yaml", prof)
+    results = "r $(touch pwned-results); x"
+    jobs = "j `touch pwned-jobs`; $HOME k"
+    r = harness("submit", "--grid", "cheap.yaml", "--profile", "p r o f.yaml", "--jobs", jobs,
+                "--results", results, cwd=tmp_path, timeout=120)
+    assert r.returncode == 0, r.stderr
+    jobs_sweep = tmp_path / jobs / "quoted"
+    script = next((jobs_sweep / "slurm").glob("*_submission.sh")).read_text()
+    assert "$(touch pwned-results)" in script and "`touch pwned-tick`" in script  # the values did reach it
+    states = wait_tasks(submitted_tasks(jobs_sweep), 300, logs=jobs_sweep / "slurm")
+    assert set(states.values()) == {"COMPLETED"}, states
+    assert len(result_rows(tmp_path / results / "quoted")) == 2
+
+    # The same through slurm/sweep.sh, grid form (planned once by the first task).
+    env = {"HARNESS_PYTHON": sys.executable, "HARNESS_RESULTS": str(tmp_path / "s $(touch pwned-sh); y"),
+           "HARNESS_JOBS": "jobs2 $(touch pwned-jobs2)"}
+    write(tmp_path / "g $(touch pwned-grid).yaml", CHEAP_GRID.format(sweep="quoted2"))
+    r = run("sbatch", "--parsable", "--array=0", "--output", str(logs_dir(tmp_path) / "%A_%a.out"), str(SWEEP_SH),
+            "g $(touch pwned-grid).yaml", cwd=tmp_path, env=env)
+    job = r.stdout.strip().split(";")[0]
+    states = wait_tasks([f"{job}_0"], 300, logs=tmp_path / "logs")
+    assert states == {f"{job}_0": "COMPLETED"}, (tmp_path / "logs" / f"{job}_0.out").read_text()
+    assert len(result_rows(tmp_path / "s $(touch pwned-sh); y" / "quoted2")) == 2
+    assert (tmp_path / "jobs2 $(touch pwned-jobs2)" / "quoted2" / "plan.parquet").is_file()
+
+    pwned = sorted(p.name for p in tmp_path.rglob("pwned*"))
+    assert pwned == [], f"shell injection: {pwned} created"
+
+
+# ---------------------------------------------------------------- bad profiles
+
+BAD_PROFILES = {
+    "unknown_key": ("partitoin: debug\n", "partitoin", "allowed:"),
+    "bad_partition": ("partition: 'debug; touch pwned'\n", "partition", "not allowed"),
+    "ranks_not_gpus": ("gpus_per_node: 4\ntasks_per_node: 2\n", "tasks_per_node", "one rank per GPU"),
+    "negative_time": ("time_min: -5\n", "time_min", "integer"),
+    "signal_after_end": ("time_min: 1\nsignal_delay_s: 60\n", "signal_delay_s", "less than"),
+    "bad_module": ("setup: {modules: ['cuda; touch pwned']}\n", "setup.modules", "module name"),
+    "setup_unknown": ("setup: {venvv: /x}\n", "setup.venvv", "allowed: modules, venv, env, commands"),
+    "env_name": ("setup: {env: {'A B': x}}\n", "setup.env", "environment variable name"),
+    "not_mapping": ("- partition\n", "<root>", "not a mapping"),
+    "not_yaml": ("partition: [debug\n", "<root>", "not valid YAML"),
+    "python_not_list": ("python: /usr/bin/python3 -u\n", "python", "list of non-empty strings"),
+    "wrong_arch": (f"arch: {'x86_64' if platform.machine() == 'aarch64' else 'aarch64'}\n", "python", "interpreter"),
+}
+
+
+def _squeue_ids() -> set[str]:
+    return set(run("squeue", "-h", "-o", "%A").stdout.split())
+
+
+@pytest.mark.parametrize("case", sorted(BAD_PROFILES))
+def test_bad_profile_is_refused_naming_file_and_key(case: str, tmp_path: Path) -> None:
+    from harness.launch.profiles import ProfileError, load_profile
+
+    text, key, message = BAD_PROFILES[case]
+    path = write(tmp_path / f"{case}.yaml", text)
+    with pytest.raises(ProfileError) as err:
+        load_profile(path).check_arch(python_given=False)
+    assert err.value.exit_code == 2
+    assert str(err.value).startswith(f"{path}: {key}:") and message in str(err.value), str(err.value)
+
+
+@pytest.mark.parametrize("case", ["unknown_key", "bad_partition", "wrong_arch"])
+def test_bad_profile_exits_2_and_submits_nothing(case: str, cluster: Cluster, tmp_path: Path) -> None:
+    text, key, message = BAD_PROFILES[case]
+    write(tmp_path / "cheap.yaml", CHEAP_GRID.format(sweep="badprofile"))
+    write(tmp_path / f"{case}.yaml", text)
+    before = _squeue_ids()
+    r = harness("submit", "--grid", "cheap.yaml", "--profile", f"{case}.yaml", "--jobs", "jobs", cwd=tmp_path)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert f"{case}.yaml: {key}:" in r.stderr and message in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
+    assert not (tmp_path / "jobs").exists()
+    assert not (_squeue_ids() - before), "a job was submitted"
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_missing_profile_names_the_choices(tmp_path: Path) -> None:
+    write(tmp_path / "cheap.yaml", CHEAP_GRID.format(sweep="noprofile"))
+    r = harness("submit", "--grid", "cheap.yaml", "--dry-run", cwd=tmp_path)
+    assert r.returncode == 2 and "no cluster profile" in r.stderr and "local" in r.stderr, r.stderr
+    r = harness("submit", "--grid", "cheap.yaml", "--profile", "nonesuch", "--dry-run", cwd=tmp_path)
+    assert r.returncode == 2 and "nonesuch" in r.stderr and "gh200" in r.stderr, r.stderr
+
+
+def test_every_shipped_profile_validates() -> None:
+    from harness.launch.profiles import load_profile
+
+    for p in sorted(PROFILES.glob("*.yaml")):
+        prof = load_profile(p)
+        assert prof.gpus_per_node == 0 or prof.tasks_per_node == prof.gpus_per_node, p
+
+
+# ---------------------------------------------------------------- status and resume logic (no jobs)
+
+def test_sacct_parsing() -> None:
+    from harness.launch.status import _parse
+
+    out = ["7_0|COMPLETED", "7_0.batch|COMPLETED", "7_1|CANCELLED by 0", "7_[2-4,6%2]|PENDING",
+           "7_5|RUNNING", "8|FAILED", "8.extern|COMPLETED"]
+    assert _parse(out) == {"7_0": "COMPLETED", "7_1": "CANCELLED", "7_2": "PENDING", "7_3": "PENDING",
+                           "7_4": "PENDING", "7_6": "PENDING", "7_5": "RUNNING", "8": "FAILED"}
+
+
+def _fake_submission(tmp_path: Path) -> Path:
+    write(tmp_path / "tiny.yaml", TINY_GRID)
+    assert harness("plan", "--grid", "tiny.yaml", "--jobs", "jobs", cwd=tmp_path).returncode == 0
+    jobs_sweep = tmp_path / "jobs" / "tiny"
+    rec = {"job_id": "99999", "array": True, "rows": list(range(8)), "results": str(tmp_path / "results"),
+           "profile": str(PROFILES / "local.yaml"), "profile_name": "local"}
+    write(jobs_sweep / "submissions.jsonl", json.dumps(rec) + "\n")
+    return jobs_sweep
+
+
+def test_status_classifies_by_scheduler_state(tmp_path: Path) -> None:
+    from harness.launch.status import sweep_status
+
+    jobs_sweep = _fake_submission(tmp_path)
+    states = {"99999_0": "RUNNING", "99999_1": "PENDING", "99999_2": "FAILED", "99999_3": "CANCELLED"}
+    st = sweep_status(jobs_sweep, states=states)
+    assert st.totals() == {"examples": 48, "done": 0, "running": 6, "queued": 6, "failed": 12, "missing": 24}
+
+
+def test_status_without_sacct_or_squeue(tmp_path: Path) -> None:
+    """No scheduler commands on PATH: status still reports from the files."""
+    jobs_sweep = _fake_submission(tmp_path)
+    r = subprocess.run([sys.executable, "-m", "harness.cli", "status", str(jobs_sweep)], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "PATH": str(tmp_path / "empty-bin")})
+    assert r.returncode == 0, r.stderr
+    total = next(line for line in r.stdout.splitlines() if line.startswith("total")).split()
+    assert total[1:] == ["48", "0", "0", "0", "0", "48"], r.stdout
+    assert "from none" in r.stdout
+
+
+def test_resume_refuses_without_flag_and_skips_active_rows(tmp_path: Path) -> None:
+    from harness.errors import UsageError
+    from harness.launch.slurm import submit
+
+    jobs_sweep = _fake_submission(tmp_path)
+    states = {"99999_0": "RUNNING", "99999_1": "PENDING", "99999_2": "FAILED"}
+    with pytest.raises(UsageError, match="--resume"):
+        submit(tmp_path / "tiny.yaml", jobs=tmp_path / "jobs", dry_run=True, states=states, out=lambda s: None)
+    lines: list[str] = []
+    submit(tmp_path / "tiny.yaml", jobs=tmp_path / "jobs", dry_run=True, resume=True, states=states,
+           out=lines.append)
+    text = "\n".join(lines)
+    assert "8 rows: 0 complete, 2 queued or running, 6 to submit" in text, text
+    assert "plan rows 2-7" in text and "--array=0-5%4" in text, text
+    assert "profile: local" in text  # taken from the last submission
+
+
+def test_checkpoint_resubmits_the_same_call() -> None:
+    from harness.launch.slurm import ArrayTask
+
+    task = ArrayTask()
+    delayed = task.checkpoint("/p/plan.parquet", 3)
+    assert delayed.function is task and delayed.args == ("/p/plan.parquet", 3) and not delayed.kwargs
+
+
+def test_plan_once_refuses_a_changed_grid(tmp_path: Path) -> None:
+    from harness.errors import UsageError
+    from harness.launch.slurm import plan_once
+
+    g = write(tmp_path / "cheap.yaml", CHEAP_GRID.format(sweep="once"))
+    p1 = plan_once(g, tmp_path / "jobs")
+    assert plan_once(g, tmp_path / "jobs") == p1
+    write(g, CHEAP_GRID.format(sweep="once").replace("examples: 2", "examples: 4"))
+    with pytest.raises(UsageError, match="changed since"):
+        plan_once(g, tmp_path / "jobs")
