@@ -54,6 +54,7 @@ def run_task(plan_path: str, row_index: int, results: str | None = None, world: 
     world = world or detect()
     results_dir = Path(results) if results else results_dir_for(plan_file)
     cell_examples = int(plan.loc[plan.cell == row["cell"], "stop"].max())
+    world.configure_threads()
     device = world.device()
     out = shard_dir(results_dir, row["sweep"], row["cell"], int(row["shard"]))
     with GpuMonitor(int(device.split(":")[1]) if device.startswith("cuda") else None) as gpu:
