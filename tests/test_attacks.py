@@ -1,0 +1,74 @@
+"""Attacks respect their budget, use real gradients and get stronger with eps."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from harness.attacks import budget, none, pgd
+from harness.data.digits import load
+from harness.models.bundled import load_classifier, load_denoiser
+from harness.purify.pipeline import Defended, Purifier, PurifierConfig
+from harness.rng import ExampleNoise, derive_seed
+
+
+@pytest.fixture(scope="module")
+def data() -> tuple[torch.Tensor, torch.Tensor]:
+    ds = load({})
+    return ds.x[:40], ds.y[:40]
+
+
+@pytest.fixture(scope="module")
+def bare() -> Defended:
+    return Defended(Purifier(PurifierConfig()), load_classifier({}))
+
+
+def _noise(n: int, tag: str = "a") -> ExampleNoise:
+    return ExampleNoise([derive_seed(tag, i) for i in range(n)])
+
+
+def _params(**kw) -> dict:
+    return {"norm": "linf", "eps": 0.2, "steps": 10, "step_size": 0.05, "eot": 1, "random_start": True,
+            "gradient": "exact", **kw}
+
+
+@pytest.mark.parametrize("norm,eps", [("linf", 0.1), ("l2", 1.0)])
+@pytest.mark.parametrize("gradient", ["exact", "greybox"])
+def test_budget_and_range(bare: Defended, data, norm: str, eps: float, gradient: str) -> None:
+    x, y = data
+    xa, grads = pgd.attack(bare, x, y, _params(norm=norm, eps=eps, step_size=eps / 4, gradient=gradient),
+                           _noise(len(y)))
+    assert budget.distance(xa, x, norm).max().item() <= eps + 1e-6
+    assert xa.min().item() >= 0 and xa.max().item() <= 1
+    assert grads == 10
+
+
+def test_success_grows_with_eps(bare: Defended, data) -> None:
+    x, y = data
+    accs = []
+    for eps in (0.0, 0.1, 0.2, 0.3):
+        xa, _ = pgd.attack(bare, x, y, _params(eps=eps, step_size=max(eps, 1e-3) / 4), _noise(len(y)))
+        with torch.no_grad():
+            accs.append((bare(xa).argmax(1) == y).float().mean().item())
+    assert accs == sorted(accs, reverse=True), accs
+    assert accs[0] > 0.9 and accs[-1] < 0.1
+
+
+def test_zero_step_size_does_nothing_without_random_start(bare: Defended, data) -> None:
+    x, y = data
+    xa, _ = pgd.attack(bare, x, y, _params(step_size=0.0, random_start=False), _noise(len(y)))
+    assert torch.equal(xa, x)
+    xn, g = none.attack(bare, x, y, {}, _noise(len(y)))
+    assert xn is x and g == 0
+
+
+def test_exact_gradient_flows_through_the_purifier(data) -> None:
+    """EOT gradient through a LoRID purifier is non-zero and averages EOT draws."""
+    x, y = data[0][:4], data[1][:4]
+    model = Defended(Purifier(PurifierConfig(rounds=[0.05] * 2, steps=2), load_denoiser("digits-ddpm")),
+                     load_classifier({}))
+    g1 = pgd.loss_gradient(model, x, y, "exact", 1, _noise(4, "g"))
+    g4 = pgd.loss_gradient(model, x, y, "exact", 4, _noise(4, "g"))
+    assert g1.abs().sum() > 0 and torch.isfinite(g4).all()
+    assert (g1 - g4).norm() > 0.05 * g4.norm()  # four purifications are not one (CE gradients are tiny: compare relatively)
+    again = pgd.loss_gradient(model, x, y, "exact", 4, _noise(4, "g"))
+    assert torch.equal(g4, again)  # the attack's randomness is seeded per example
