@@ -85,6 +85,21 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_submit(args: argparse.Namespace) -> int:
+    from .launch.slurm import submit
+
+    submit(args.grid, profile=args.profile, jobs=args.jobs, results=args.results,
+           dry_run=args.dry_run, resume=args.resume)
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from .launch.status import format_status, sweep_status
+
+    print(format_status(sweep_status(args.target, jobs=args.jobs)))
+    return 0
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from .models.bundled import ASSETS
     from .train import main
@@ -114,6 +129,21 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda:0")
     sp.add_argument("--overwrite", action="store_true", help="replace a plan of the same sweep name")
     sp.add_argument("--report", action="store_true", help="print the report when done")
+
+    sp = add("submit", cmd_submit, "plan and submit the unfinished rows as Slurm job arrays (returns at once)")
+    sp.add_argument("--grid", required=True, help="grid YAML file")
+    sp.add_argument("--profile", default=None,
+                    help="cluster profile: a name in slurm/profiles/ or a YAML file (default: the grid's `profile:`)")
+    sp.add_argument("--jobs", default="jobs", help="jobs directory (default: jobs)")
+    sp.add_argument("--results", default=None,
+                    help="results directory (default: the last submission's, else results)")
+    sp.add_argument("--dry-run", action="store_true", help="print the batch scripts and array ranges; submit nothing")
+    sp.add_argument("--resume", action="store_true",
+                    help="after earlier submissions: submit only rows neither complete nor queued/running")
+
+    sp = add("status", cmd_status, "per cell: examples done / running / queued / failed / missing")
+    sp.add_argument("target", help="jobs/<sweep> or results/<sweep>")
+    sp.add_argument("--jobs", default=None, help="jobs directory, when the target is results/<sweep> elsewhere")
 
     sp = add("report", cmd_report, "tables from result files (console, Markdown, CSV, LaTeX)")
     sp.add_argument("results", help="results directory: results/ or results/<sweep>")

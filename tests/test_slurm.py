@@ -160,9 +160,9 @@ def wait_tasks(tasks: list[str], timeout: float, logs: Path | None = None) -> di
 
 
 def submitted_tasks(jobs_sweep: Path) -> list[str]:
-    from harness.launch.status import read_submissions, row_tasks
+    from harness.launch.status import read_submissions, shard_tasks
 
-    return sorted(row_tasks(read_submissions(jobs_sweep)).values())
+    return sorted(shard_tasks(read_submissions(jobs_sweep)).values())
 
 
 def result_rows(results_sweep: Path) -> pd.DataFrame:
@@ -455,7 +455,9 @@ def _fake_submission(tmp_path: Path) -> Path:
     write(tmp_path / "tiny.yaml", TINY_GRID)
     assert harness("plan", "--grid", "tiny.yaml", "--jobs", "jobs", cwd=tmp_path).returncode == 0
     jobs_sweep = tmp_path / "jobs" / "tiny"
+    plan = pd.read_parquet(jobs_sweep / "plan.parquet")
     rec = {"job_id": "99999", "array": True, "rows": list(range(8)), "results": str(tmp_path / "results"),
+           "shards": [f"{c}:{s}" for c, s in zip(plan["cell"], plan["shard"])],
            "profile": str(PROFILES / "local.yaml"), "profile_name": "local"}
     write(jobs_sweep / "submissions.jsonl", json.dumps(rec) + "\n")
     return jobs_sweep
