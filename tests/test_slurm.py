@@ -31,7 +31,8 @@ KEY = ["cell", "example", "eval_run"]
 TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "PREEMPTED",
             "BOOT_FAIL", "DEADLINE"}
 
-# Two rows of eight single-example batches each (~1.5 s a batch here): long enough to kill mid-row.
+# Three rows of eight single-example batches each (~1.5 s a batch here): long enough to
+# interrupt mid-row.
 SLOW_GRID = """\
 sweep: {sweep}
 dataset: digits
@@ -42,7 +43,7 @@ purifier:
 attack:
   name: pgd
   params: {{norm: linf, eps: 0.1, steps: 8, step_size: 0.02, eot: 4}}
-examples: 16
+examples: 24
 batch_size: 1
 shard_size: 8
 eval_runs: 1
@@ -254,9 +255,22 @@ def test_sweep_sh_array_matches_harness_run(cluster: Cluster, baseline: pd.DataF
 
 # ---------------------------------------------------------------- kill, requeue, resume
 
-def test_scancel_and_requeue_then_resume_complete_exactly_once(cluster: Cluster, tmp_path: Path) -> None:
-    """Row 0's task is cancelled and row 1's requeued, both mid-row; `submit --resume` resubmits
-    only row 0 (row 1 is queued again by Slurm itself); every example ends up there exactly once."""
+def _release_after_requeue(task: str) -> None:
+    """Slurm holds a requeued job for ~2 minutes (BeginTime); release it once it is pending again
+    (an update while the first instance is still ending does not stick)."""
+    def released() -> bool:
+        q = run("squeue", "-h", "-j", task, "-o", "%T", check=False).stdout.strip()
+        if q == "PENDING":
+            run("scontrol", "update", f"jobid={task}", "StartTime=now", check=False)
+        return q == "RUNNING"  # the first instance had ended before requeue returned: this is the new one
+
+    wait_until(released, 90, f"{task} running again after requeue", poll=1.0)
+
+
+def test_cancel_requeue_preempt_then_resume_complete_exactly_once(cluster: Cluster, tmp_path: Path) -> None:
+    """Mid-row: task 0 is cancelled, task 1 requeued by `scontrol requeue`, task 2 gets the
+    pre-timeout signal (USR2: submitit checkpoints ArrayTask and requeues it). `submit --resume`
+    resubmits row 0 only (Slurm queues 1 and 2 again itself); every example ends up there once."""
     sweep = "slow"
     write(tmp_path / "slow.yaml", SLOW_GRID.format(sweep=sweep))
     args = ("submit", "--grid", "slow.yaml", "--profile", str(PROFILES / "local.yaml"), "--jobs", "jobs",
@@ -265,38 +279,34 @@ def test_scancel_and_requeue_then_resume_complete_exactly_once(cluster: Cluster,
     assert r.returncode == 0, r.stderr
     job = job_id_from(r.stdout)
     jobs_sweep, results_sweep = tmp_path / "jobs" / sweep, tmp_path / "results" / sweep
+    tasks = [f"{job}_{k}" for k in range(3)]
     first_parts = lambda: all(any(results_sweep.glob(f"cell=*/shard={k}/rank-*-part-*.parquet"))  # noqa: E731
-                              for k in (0, 1))
-    wait_until(first_parts, 240, "a first batch of rows 0 and 1", debug=lambda: str(task_states([job])))
-    assert {t: s for t, s in task_states([job]).items()} == {f"{job}_0": "RUNNING", f"{job}_1": "RUNNING"}
+                              for k in range(3))
+    wait_until(first_parts, 240, "a first batch of every row", debug=lambda: str(task_states([job])))
+    assert task_states([job]) == {t: "RUNNING" for t in tasks}
 
-    run("scancel", f"{job}_0")
-    run("scontrol", "requeue", f"{job}_1")
-    for k in (0, 1):
+    run("scancel", tasks[0])
+    run("scontrol", "requeue", tasks[1])
+    run("scancel", "--signal=USR2", tasks[2])
+    for k in range(3):
         assert not next(results_sweep.glob(f"cell=*/shard={k}")).joinpath("_COMPLETE.json").exists(), \
             "a row finished before it was interrupted; make SLOW_GRID heavier"
     # Cancelled: COMPLETING (still running its last batch) until it is gone, then CANCELLED.
-    wait_until(lambda: task_states([job]).get(f"{job}_0") == "CANCELLED", 60, "task 0 cancelled")
-
-    # Slurm holds a requeued job for ~2 minutes (BeginTime); release it once it is pending again
-    # (an update while the first instance is still ending does not stick).
-    def released() -> bool:
-        q = run("squeue", "-h", "-j", f"{job}_1", "-o", "%T", check=False).stdout.strip()
-        if q == "PENDING":
-            run("scontrol", "update", f"jobid={job}_1", "StartTime=now", check=False)
-        return q == "RUNNING"  # the first instance had ended: this is the requeued one
-
-    wait_until(released, 60, "task 1 running again after requeue", poll=1.0)
+    wait_until(lambda: task_states([job]).get(tasks[0]) == "CANCELLED", 60, "task 0 cancelled")
+    _release_after_requeue(tasks[1])
+    _release_after_requeue(tasks[2])
+    log2 = (jobs_sweep / "slurm" / f"{tasks[2]}_0_log.out").read_text()
+    assert "Caught signal SIGUSR2" in log2 and "Requeued job" in log2, log2[-3000:]
 
     again = harness(*args, "--resume", cwd=tmp_path, timeout=120)
     assert again.returncode == 0, again.stderr
-    assert "2 rows: 0 complete, 1 queued or running, 1 to submit" in again.stdout, again.stdout
+    assert "3 rows: 0 complete, 2 queued or running, 1 to submit" in again.stdout, again.stdout
     assert "plan rows 0 " in again.stdout, again.stdout
-    wait_tasks(submitted_tasks(jobs_sweep) + [f"{job}_1"], 420, logs=jobs_sweep / "slurm")
+    wait_tasks(submitted_tasks(jobs_sweep) + tasks[1:], 420, logs=jobs_sweep / "slurm")
 
     rows = result_rows(results_sweep)
-    assert len(rows) == 16 and not rows.duplicated(KEY).any(), rows[KEY].value_counts()
-    assert set(rows["example"]) == set(range(16))
+    assert len(rows) == 24 and not rows.duplicated(KEY).any(), rows[KEY].value_counts()
+    assert set(rows["example"]) == set(range(24))
     assert all((d / "_COMPLETE.json").is_file() for d in results_sweep.glob("cell=*/shard=*"))
     st = harness("status", str(jobs_sweep), cwd=tmp_path)
     assert "complete; tables" in st.stdout, st.stdout
