@@ -105,3 +105,52 @@ register(PluginSpec(
     label=("norm", "eps", "steps", "eot"),
     help="projected gradient descent (Madry et al.) with expectation over transformation",
 ))
+register(PluginSpec(
+    "attack", "autoattack", "harness.attacks.autoattack:attack",
+    params={
+        "version": Param("str", "standard", choices=("standard", "rand", "custom"),
+                         help="standard: APGD-CE, APGD-T, FAB-T, Square; rand: APGD-CE, APGD-DLR with EOT; "
+                              "custom: the `attacks` list"),
+        "attacks": Param("list[str]", [], choices=("apgd-ce", "apgd-dlr", "apgd-t", "fab", "fab-t", "square"),
+                         help="version custom only: the sub-attacks, in the order run"),
+        "norm": Param("str", "linf", choices=("linf", "l2"), help="threat model"),
+        "eps": Param("float", low=0.0, help="budget on [0,1] images"),
+        "steps": Param("int", 100, low=1, high=100000, help="APGD and FAB iterations (AutoAttack: 100)"),
+        "eot": Param("int", 0, low=0, high=1000,
+                     help="purifications averaged per APGD gradient; 0 = the version's own (rand 20, else 1)"),
+        "queries": Param("int", 5000, low=1, high=1000000, help="Square's queries per example (AutoAttack: 5000)"),
+        "gradient": Param("str", "exact", choices=("exact", "greybox"),
+                          help="exact: attack the whole defended model; greybox: the classifier alone, then purify"),
+    },
+    capabilities=frozenset({"needs_gradients", "eot"}),
+    label=("version", "norm", "eps"),
+    help="AutoAttack (Croce & Hein 2020) via pyautoattack, against the defended model as one module",
+))
+register(PluginSpec(
+    "attack", "bpda", "harness.attacks.bpda:attack",
+    params={
+        "norm": Param("str", "linf", choices=("linf", "l2"), help="threat model"),
+        "eps": Param("float", low=0.0, help="budget on [0,1] images"),
+        "steps": Param("int", 20, low=0, help="iterations"),
+        "step_size": Param("float", low=0.0, help="step size (Linf: per-pixel; L2: norm)"),
+        "eot": Param("int", 1, low=1, help="purifications averaged per gradient (EOT)"),
+        "random_start": Param("bool", True, help="start from a random point in the ball"),
+        "tucker_backward": Param("str", "identity", choices=("identity", "exact"),
+                                 help="identity: the whole purifier is the identity in the backward pass; "
+                                      "exact: only the diffusion is, the Tucker step keeps its gradient"),
+    },
+    capabilities=frozenset({"needs_gradients", "eot"}),
+    label=("norm", "eps", "steps", "eot"),
+    help="BPDA+EOT (Athalye et al.): full purification forward, straight-through backward; PGD steps",
+))
+register(PluginSpec(
+    "attack", "square", "harness.attacks.square:attack",
+    params={
+        "norm": Param("str", "linf", choices=("linf", "l2"), help="threat model"),
+        "eps": Param("float", low=0.0, help="budget on [0,1] images"),
+        "queries": Param("int", 5000, low=1, high=1000000, help="model evaluations per example"),
+    },
+    capabilities=frozenset({"black_box"}),
+    label=("norm", "eps", "queries"),
+    help="Square attack (Andriushchenko et al.): query-based black box on the whole pipeline, no gradients",
+))

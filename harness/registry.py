@@ -14,7 +14,7 @@ from .errors import GridError
 KINDS = ("dataset", "classifier", "purifier", "attack")
 REQUIRED = object()
 
-_TYPES = ("int", "float", "number", "bool", "str", "list[number]")
+_TYPES = ("int", "float", "number", "bool", "str", "list[number]", "list[str]")
 
 
 @dataclass(frozen=True)
@@ -22,7 +22,8 @@ class Param:
     """One declared parameter: its type, bounds or choices, and default.
 
     type "number" takes an int (a diffusion step) or a float (a fraction of T);
-    "list[number]" takes a flat list, so only a list of lists is a grid axis.
+    "list[number]" and "list[str]" take a flat list, so only a list of lists is a grid axis;
+    a list parameter's choices constrain each element.
     """
 
     type: str
@@ -42,10 +43,12 @@ class Param:
 
     def allowed(self) -> str:
         if self.choices is not None:
-            return "one of " + ", ".join(repr(c) for c in self.choices)
+            one_of = "one of " + ", ".join(repr(c) for c in self.choices)
+            return f"a non-empty list, each {one_of}" if self.is_list else one_of
         what = {"int": "an integer", "float": "a number", "number": "an integer step or a fraction",
                 "bool": "true or false", "str": "a string",
-                "list[number]": "a non-empty list of numbers"}[self.type]
+                "list[number]": "a non-empty list of numbers",
+                "list[str]": "a non-empty list of strings"}[self.type]
         if self.low is not None and self.high is not None:
             what += f" in [{self.low}, {self.high}]"
         elif self.low is not None:
@@ -57,10 +60,10 @@ class Param:
     def check(self, value: Any, file: str, key: str) -> Any:
         """Return the normalised value or raise GridError naming file and key."""
         bad = GridError(file, key, f"{value!r} is not allowed; expected {self.allowed()}")
-        if self.type == "list[number]":
+        if self.is_list:
             if not isinstance(value, list) or not value:
                 raise bad
-            return [self._scalar("number", v, bad) for v in value]
+            return [self._scalar(self.type[5:-1], v, bad) for v in value]
         return self._scalar(self.type, value, bad)
 
     def _scalar(self, typ: str, value: Any, bad: GridError) -> Any:

@@ -6,7 +6,7 @@ lists of rounds; `none` and `tucker` are the reference rows.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -66,6 +66,9 @@ class Purifier(nn.Module):
         self.checkpoint = checkpoint
         self.clip_denoised = clip_denoised
         self.nfe = 0
+        # BPDA (attacks.bpda): every stage but the Tucker step runs without a graph and passes
+        # the gradient through as the identity; the forward values are unchanged.
+        self.straight_through = False
         self._ks = [self.schedule.step_of(t) for t in config.rounds]
         if self._ks and eps_fn is None:
             raise ValueError("a diffusion purifier needs a noise predictor")
@@ -73,6 +76,14 @@ class Purifier(nn.Module):
     @property
     def stochastic(self) -> bool:
         return bool(self._ks)
+
+    def _stage(self, fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        """fn(x); with `straight_through` set, its exact value with the identity as backward."""
+        if not self.straight_through:
+            return fn(x)
+        with torch.no_grad():
+            y = fn(x)
+        return y.detach() + (x - x.detach())  # adds an exact zero: the value stays fn(x)
 
     def _tucker(self, x: torch.Tensor) -> torch.Tensor:
         c = self.config
@@ -82,12 +93,12 @@ class Purifier(nn.Module):
         c = self.config
         self.nfe = 0
         if c.tucker == "only":
-            return self._tucker(x01).clamp(0, 1)
+            return self._stage(_clamp01, self._tucker(x01))
         if not self._ks:
             return x01
         if noise is None:
             raise ValueError("a stochastic purifier needs a noise source")
-        return ((self.run_rounds(2 * x01 - 1, noise) + 1) / 2).clamp(0, 1)
+        return self._stage(_clamp01, (self.run_rounds(2 * x01 - 1, noise) + 1) / 2)
 
     def run_rounds(self, x: torch.Tensor, noise: ExampleNoise) -> torch.Tensor:
         """The diffuse/denoise rounds on x in the diffusion range [-1,1] (no final clamp)."""
@@ -96,13 +107,23 @@ class Purifier(nn.Module):
         if c.tucker == "pre":
             x = self._tucker(x)
         for i, k in enumerate(self._ks):
-            x_t = self.schedule.diffuse(x, k, noise.randn_like(x))
+            z = noise.randn_like(x)
+            x_t = self._stage(lambda v: self.schedule.diffuse(v, k, z), x)  # noqa: B023 (called at once)
             if c.tucker == "every_loop" or (c.tucker == "noisy" and i == 0):
                 x_t = self._tucker(x_t)
-            x, n = reverse(self.eps_fn, x_t, k, self.schedule, steps=c.steps, sampler=c.sampler,
-                           noise=noise, clip=self.clip_denoised, checkpoint=self.checkpoint)
-            self.nfe += n
+            x = self._stage(lambda v: self._denoise(v, k, noise), x_t)  # noqa: B023
         return x
+
+    def _denoise(self, x_t: torch.Tensor, k: int, noise: ExampleNoise) -> torch.Tensor:
+        c = self.config
+        x, n = reverse(self.eps_fn, x_t, k, self.schedule, steps=c.steps, sampler=c.sampler,
+                       noise=noise, clip=self.clip_denoised, checkpoint=self.checkpoint)
+        self.nfe += n
+        return x
+
+
+def _clamp01(x: torch.Tensor) -> torch.Tensor:
+    return x.clamp(0, 1)
 
 
 def build(name: str, params: dict[str, Any], device: torch.device | str = "cpu") -> Purifier:
