@@ -52,6 +52,14 @@ def done_examples(directory: Path) -> set[int]:
     return done
 
 
+def remove_stale_temporaries(directory: Path, rank: int) -> int:
+    """Delete this rank's temporaries left by a killed writer (only this rank writes them)."""
+    stale = list(directory.glob(f".rank-{rank}-part-*.tmp")) if directory.is_dir() else []
+    for f in stale:
+        f.unlink(missing_ok=True)
+    return len(stale)
+
+
 def write_part(rows: list[dict[str, Any]], path: Path) -> Path:
     """Write one batch's rows as a Parquet part file, atomically."""
     buf = pa.BufferOutputStream()

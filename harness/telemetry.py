@@ -37,11 +37,13 @@ def system_description() -> dict[str, object]:
         "slurm_job": os.environ.get("SLURM_JOB_ID"), "slurm_array_task": os.environ.get("SLURM_ARRAY_TASK_ID"),
         "slurm_nodes": os.environ.get("SLURM_JOB_NUM_NODES"),
     }
-    for mod in ("torch", "diffusers", "tensorly", "numpy", "pyarrow"):
-        try:
-            desc[mod] = __import__(mod).__version__
-        except ImportError:
-            desc[mod] = None
+    from importlib.metadata import PackageNotFoundError, version
+
+    for dist in ("torch", "diffusers", "tensorly", "numpy", "pyarrow", "mpi4py", "submitit"):
+        try:  # metadata only: importing diffusers just for its version costs seconds
+            desc[dist] = version(dist)
+        except PackageNotFoundError:
+            desc[dist] = None
     try:
         import torch
 

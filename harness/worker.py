@@ -14,7 +14,8 @@ from typing import Any, Callable
 import numpy as np
 
 from . import registry
-from .results import done_examples, part_path, provenance, shard_dir, write_part
+from .results import (done_examples, part_path, provenance, remove_stale_temporaries, shard_dir,
+                      write_part)
 
 
 @dataclass
@@ -61,6 +62,8 @@ def run_row(plan_row: dict[str, Any], results_dir: str | Path, assets: Assets, *
 
     results_dir = Path(results_dir)
     cell = json.loads(plan_row["cell_json"])
+    out_dir = shard_dir(results_dir, plan_row["sweep"], plan_row["cell"], plan_row["shard"])
+    remove_stale_temporaries(out_dir, rank)
     todo = pending(plan_row, results_dir, rank, world)
     if not todo:
         return 0
@@ -83,7 +86,6 @@ def run_row(plan_row: dict[str, Any], results_dir: str | Path, assets: Assets, *
         "eval_runs": cell["eval_runs"], "cell_json": plan_row["cell_json"],
         "device": str(assets.device), **provenance(),
     }
-    out_dir = shard_dir(results_dir, plan_row["sweep"], plan_row["cell"], plan_row["shard"])
     written = 0
     bs = int(plan_row["batch_size"])
     for i in range(0, len(todo), bs):
