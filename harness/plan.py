@@ -54,13 +54,33 @@ def nfe_per_purification(purifier: dict[str, Any]) -> int:
     return 0
 
 
+# Gradient sub-attacks of each AutoAttack version, counted with their target classes
+# (APGD-T and FAB-T try 9 targets): an upper bound, since robust points stop early.
+_AA_GRADIENT_RUNS = {"standard": 1 + 9 + 9, "rand": 2}
+_AA_RUNS = {"apgd-ce": 1, "apgd-dlr": 1, "apgd-t": 9, "fab": 1, "fab-t": 9}
+
+
 def attack_passes(attack: dict[str, Any]) -> int:
     """Purifier passes per example an attack adds (a backward pass counts as one more).
 
-    Greybox gradients skip the purifier, so only the final evaluation pays for it.
+    Greybox gradients skip the purifier, so only the final evaluation pays for it; BPDA runs
+    the purifier forward only; query attacks pay one forward per query.
     """
-    p = attack["params"]
-    if "steps" not in p or p.get("gradient") == "greybox":
+    name, p = attack["name"], attack["params"]
+    if p.get("gradient") == "greybox":
+        return 0
+    if name == "square":
+        return int(p["queries"])
+    if name == "bpda":
+        return int(p["steps"]) * int(p["eot"])
+    if name == "autoattack":
+        version = p["version"]
+        runs = (_AA_GRADIENT_RUNS.get(version)
+                or sum(_AA_RUNS.get(a, 0) for a in p.get("attacks", [])))
+        eot = int(p.get("eot") or (20 if version == "rand" else 1))
+        queries = int(p["queries"]) if version == "standard" or "square" in p.get("attacks", []) else 0
+        return int(p["steps"]) * eot * 2 * runs + queries
+    if "steps" not in p:
         return 0
     return int(p["steps"]) * int(p.get("eot", 1)) * 2
 

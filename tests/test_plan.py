@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
+from harness import registry
 from harness.errors import UsageError
 from harness.grid import Grid, load_grid
 from harness.plan import (COLUMNS, T, human, load_plan, make_plan, nfe_per_purification, summary,
@@ -154,3 +155,18 @@ def test_load_plan_missing(tmp_path: Path) -> None:
 def test_no_torch_import() -> None:
     code = "import sys, harness.plan; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], cwd=REPO).returncode == 0
+
+
+def test_attack_passes_per_attack_family() -> None:
+    from harness.plan import attack_passes
+
+    def a(name: str, **p) -> dict:
+        return {"name": name, "params": registry.get("attack", name).resolve(p, "g", "attack")}
+
+    assert attack_passes(a("pgd", eps=0.1, step_size=0.01, steps=10, eot=4)) == 80
+    assert attack_passes(a("pgd", eps=0.1, step_size=0.01, steps=10, eot=4, gradient="greybox")) == 0
+    assert attack_passes(a("bpda", eps=0.1, step_size=0.01, steps=10, eot=4)) == 40
+    assert attack_passes(a("square", eps=0.1, queries=500)) == 500
+    rand = a("autoattack", version="rand", eps=0.1, steps=10)
+    assert attack_passes(rand) == 10 * 20 * 2 * 2
+    assert attack_passes(a("autoattack", version="custom", attacks=["apgd-ce"], eps=0.1, steps=10, eot=2)) == 40
