@@ -16,7 +16,9 @@ from .attacks.budget import distance
 from .purify.pipeline import Defended
 from .rng import ExampleNoise, derive_seed
 
-AttackFn = Callable[..., tuple[torch.Tensor, int]]
+# An attack returns (x_adv, gradient evaluations per example) and, optionally, per example
+# which sub-attack fooled it ("" if none did), recorded in the `found_by` column.
+AttackFn = Callable[..., tuple]
 
 
 @dataclass
@@ -33,7 +35,9 @@ def evaluate_batch(model: Defended, batch: Batch, *, cell: str, attack_fn: Attac
     device = batch.x.device
     t0 = time.perf_counter()
     attack_seeds = [derive_seed(cell, seed, ex, "attack") for ex in batch.examples]
-    x_adv, grad_evals = attack_fn(model, batch.x, batch.y, attack_params, ExampleNoise(attack_seeds, device))
+    x_adv, grad_evals, *extra = attack_fn(model, batch.x, batch.y, attack_params,
+                                          ExampleNoise(attack_seeds, device))
+    found_by = extra[0] if extra else [None] * len(batch.examples)
     x_adv = x_adv.detach()
     attacked = x_adv is not batch.x
     norm = attack_params.get("norm", "linf")
@@ -52,7 +56,7 @@ def evaluate_batch(model: Defended, batch: Batch, *, cell: str, attack_fn: Attac
                 "example": ex, "data_index": batch.data_index[i], "y": y[i], "eval_run": run,
                 "clean_pred": clean_pred[i], "adv_pred": adv_pred[i],
                 "clean_correct": clean_pred[i] == y[i], "adv_correct": adv_pred[i] == y[i],
-                "perturbation": pert[i], "grad_evals": grad_evals,
+                "perturbation": pert[i], "grad_evals": grad_evals, "found_by": found_by[i],
                 "seed_purify": run_seeds[i], "seed_attack": attack_seeds[i], "nfe": nfe,
             })
     per_row = (time.perf_counter() - t0) / max(1, len(rows))

@@ -28,6 +28,7 @@ SCHEMA = pa.schema([
     ("clean_pred", pa.int64()), ("adv_pred", pa.int64()),
     ("clean_correct", pa.bool_()), ("adv_correct", pa.bool_()),
     ("perturbation", pa.float64()), ("grad_evals", pa.int64()),
+    ("found_by", pa.string()),  # AutoAttack / Square: the sub-attack that fooled it, "" if none; else null
     ("seed_purify", pa.int64()), ("seed_attack", pa.int64()), ("nfe", pa.int64()), ("time_s", pa.float64()),
     ("cell_json", pa.string()), ("harness_version", pa.string()), ("git_rev", pa.string()),
     ("torch_version", pa.string()), ("host", pa.string()), ("device", pa.string()),

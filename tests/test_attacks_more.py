@@ -60,7 +60,7 @@ def test_budget_and_range(bare: Defended, data, name: str, norm: str, eps: float
     x, y = data
     extra = ({"version": "custom", "attacks": list(autoattack.SUB_ATTACKS), "steps": 5, "queries": 50}
              if name == "autoattack" else {})
-    xa, grads = ATTACKS[name](bare, x, y, _params(name, norm=norm, eps=eps, **extra), _noise(N))
+    xa, grads, *_ = ATTACKS[name](bare, x, y, _params(name, norm=norm, eps=eps, **extra), _noise(N))
     assert xa.shape == x.shape
     assert budget.distance(xa, x, norm).max().item() <= eps + 1e-6
     assert xa.min().item() >= 0 and xa.max().item() <= 1
@@ -89,8 +89,8 @@ def test_autoattack_rand_on_a_stochastic_purifier(data) -> None:
 def test_autoattack_greybox_never_runs_the_purifier(data) -> None:
     x, y = data[0][:8], data[1][:8]
     model = _tiny()
-    xa, grads = autoattack.attack(model, x, y, _params("autoattack", version="custom", attacks=["apgd-ce"],
-                                                       gradient="greybox", eps=0.2), _noise(8))
+    xa, grads, _ = autoattack.attack(model, x, y, _params("autoattack", version="custom", attacks=["apgd-ce"],
+                                                          gradient="greybox", eps=0.2), _noise(8))
     assert model.purifier.nfe == 0 and grads > 0
     assert budget.distance(xa, x, "linf").max().item() <= 0.2 + 1e-6
 
@@ -103,7 +103,7 @@ def test_success_does_not_fall_as_eps_grows(bare: Defended, data, name: str) -> 
     extra = {"version": "custom", "attacks": ["apgd-ce", "apgd-t"]} if name == "autoattack" else {}
     accs = []
     for eps in (0.1, 0.2, 0.3):
-        xa, _ = ATTACKS[name](bare, x, y, _params(name, eps=eps, **extra), _noise(N))
+        xa, *_ = ATTACKS[name](bare, x, y, _params(name, eps=eps, **extra), _noise(N))
         accs.append(_acc(bare, xa, y))
     assert accs == sorted(accs, reverse=True), accs
     assert accs[-1] < 0.5, accs  # every one of them breaks the bare classifier at 0.3
@@ -113,8 +113,10 @@ def test_autoattack_standard_breaks_the_bare_classifier(bare: Defended, data) ->
     """The full standard version at Linf 0.3 (measured: 0 of 20 robust)."""
     x, y = data
     assert _acc(bare, x, y) == 1.0
-    xa, grads = autoattack.attack(bare, x, y, _params("autoattack", eps=0.3, steps=100, queries=5000), _noise(N))
-    out = autoattack.last_outcomes
+    xa, grads, found_by = autoattack.attack(bare, x, y, _params("autoattack", eps=0.3, steps=100, queries=5000),
+                                            _noise(N))
+    xb, out = autoattack.run(bare, x, y, _noise(N), eps=0.3, steps=100, queries=5000)
+    assert torch.equal(xa, xb) and found_by == out.found_by  # the plugin is `run`, seeded the same
     assert _acc(bare, xa, y) <= 0.05
     assert out is not None and out.attacks == ["apgd-ce", "apgd-t", "fab-t", "square"]
     assert sum(out.robust) <= 0.05 * N
@@ -199,8 +201,8 @@ def test_square_uses_no_gradients(data) -> None:
     x, y = data[0][:8], data[1][:8]
     spy = _Spy(load_classifier({}))
     model = Defended(_tiny().purifier, spy)
-    xa, grads = square.attack(model, x, y, _params("square", eps=0.2, queries=30), _noise(8))
-    assert grads == 0 and autoattack.last_outcomes.grad_evals == 0
+    xa, grads, found_by = square.attack(model, x, y, _params("square", eps=0.2, queries=30), _noise(8))
+    assert grads == 0 and len(found_by) == 8
     assert spy.calls > 30 and spy.graph_calls == 0
     assert all(p.grad is None for p in model.parameters())
     assert budget.distance(xa, x, "linf").max().item() <= 0.2 + 1e-6

@@ -118,3 +118,29 @@ def test_report_command(tiny_grid: Path, tmp_path: Path) -> None:
     assert (tmp_path / "results/tiny/_report/report.csv").is_file()
     missing = harness("report", str(tmp_path / "nowhere"), cwd=tmp_path)
     assert missing.returncode == 2 and "no result files" in missing.stderr
+
+
+def test_autoattack_outcomes_are_recorded_per_example(tmp_path: Path) -> None:
+    grid = tmp_path / "aa.yaml"
+    grid.write_text("""\
+sweep: aa
+dataset: digits
+classifier: digits-cnn
+purifier: none
+attack:
+  - name: autoattack
+    params: {version: custom, attacks: [apgd-ce], eps: 0.3, steps: 5}
+  - name: pgd
+    params: {eps: 0.3, steps: 2, step_size: 0.1}
+examples: 6
+batch_size: 6
+""")
+    r = harness("run", "--grid", str(grid), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    rows = _rows(tmp_path / "results")
+    aa = rows[rows.attack == "autoattack"]
+    assert len(aa) == 6 and aa.found_by.notna().all()
+    assert set(aa.found_by) <= {"apgd-ce", "clean", ""}
+    # an example counts as fooled by a sub-attack exactly when it is no longer correct
+    assert ((aa.found_by != "") == ~aa.adv_correct).all()
+    assert rows[rows.attack == "pgd"].found_by.isna().all()

@@ -23,7 +23,8 @@ an example depends on the batch it was attacked in (AutoAttack draws batch-wide)
 Per-sub-attack outcomes: the sub-attacks run one at a time, each on the examples still
 robust (AutoAttack's own cascade, via `attacks_to_run`); for a deterministic model
 this gives exactly what one call with all the attacks gives. `run` returns, and
-`attack` leaves in the module's `last_outcomes`, which sub-attack fooled each example.
+`attack` returns as a third value, which sub-attack fooled each example (the worker
+records it in the `found_by` column).
 Like upstream AutoAttack, an example that no sub-attack fools is returned unperturbed,
 and on a stochastic model "fooled" means fooled on the draw AutoAttack evaluated.
 """
@@ -59,9 +60,6 @@ class Outcomes:
     @property
     def robust(self) -> list[bool]:
         return [f == "" for f in self.found_by]
-
-
-last_outcomes: Outcomes | None = None  # set by every `attack` call of this module
 
 
 class Target(nn.Module):
@@ -182,12 +180,9 @@ def run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, noise: ExampleNoise,
 
 
 def attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, params: dict[str, Any],
-           noise: ExampleNoise) -> tuple[torch.Tensor, int]:
-    """The `autoattack` plugin: returns (x_adv, gradient evaluations per example); the
-    per-example outcomes are left in `last_outcomes`."""
-    global last_outcomes
+           noise: ExampleNoise) -> tuple[torch.Tensor, int, list[str]]:
+    """The `autoattack` plugin: returns (x_adv, gradient evaluations per example, found_by)."""
     x_adv, outcomes = run(model, x, y, noise, version=params["version"], attacks=params.get("attacks") or None,
                           norm=params["norm"], eps=params["eps"], steps=params["steps"], eot=params["eot"],
                           queries=params["queries"], gradient=params["gradient"])
-    last_outcomes = outcomes
-    return x_adv, outcomes.grad_evals
+    return x_adv, outcomes.grad_evals, outcomes.found_by

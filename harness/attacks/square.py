@@ -25,8 +25,8 @@ class _NoVersionAdvice(logging.Filter):
 
 
 def attack(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, params: dict[str, Any],
-           noise: ExampleNoise) -> tuple[torch.Tensor, int]:
-    """Returns (x_adv, 0): Square evaluates no gradient. Outcomes go to autoattack.last_outcomes."""
+           noise: ExampleNoise) -> tuple[torch.Tensor, int, list[str]]:
+    """Returns (x_adv, 0, found_by): Square evaluates no gradient."""
     log, quiet = logging.getLogger("auto-attack"), _NoVersionAdvice()
     log.addFilter(quiet)
     try:
@@ -35,5 +35,5 @@ def attack(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, params: dic
                                              norm=params["norm"], eps=params["eps"], queries=params["queries"])
     finally:
         log.removeFilter(quiet)
-    autoattack.last_outcomes = outcomes
-    return x_adv, 0
+    assert outcomes.grad_evals == 0, "Square must not evaluate gradients"
+    return x_adv, 0, outcomes.found_by
