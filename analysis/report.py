@@ -1,4 +1,9 @@
-"""`harness report`: load results, summarise, print tables, write report.{md,csv,tex}."""
+"""`harness report`: load results, summarise, check validity, print tables, write report.{md,csv,tex}.
+
+Every number is shown with its validity flags (:mod:`analysis.validity`): a ``⚑`` beside
+the robust number, the codes in a ``flags`` column, the messages as table footnotes, and
+all of them again in a closing "validity" section.
+"""
 from __future__ import annotations
 
 import os
@@ -10,7 +15,8 @@ import pandas as pd
 from harness.fsutil import atomic_write
 
 from .aggregate import load_results, summarise
-from .tables import render_csv, render_latex, render_markdown, render_text
+from .tables import render_csv, render_latex, render_markdown, render_text, title_parts
+from .validity import annotate, check
 
 REPORT_DIR = "_report"  # leading underscore: the loader never reads its own output back
 
@@ -43,23 +49,52 @@ def describe(df: pd.DataFrame, summary: pd.DataFrame, results_path: str | os.Pat
     return "\n".join(lines)
 
 
+def validity_lines(flags: pd.DataFrame) -> list[str]:
+    """The validity section: a summary line, then per table its title and one line per flag
+    (row: code: message), in the tables' order."""
+    checked = flags.attrs.get("checked", [])
+    if not checked:
+        return ["validity: no check had data (the checks compare the bare classifier, several eps, "
+                "black-box with white-box attacks and weaker with stronger settings, and look at "
+                "the attacks' perturbations)"]
+    if flags.empty:
+        return [f"validity: no flags (checked: {', '.join(checked)})"]
+    numbers = len(flags.drop_duplicates(["dataset", "threat", "eps", "attack_label", "classifier",
+                                         "label"]))
+    lines = [f"validity: {len(flags)} flag(s) on {numbers} number(s) (checked: {', '.join(checked)})"]
+    table = None
+    for r in flags.itertuples(index=False):
+        where = " · ".join(title_parts(r.dataset, r.threat, r.eps, r.attack_label))
+        if where != table:
+            lines.append(where)
+            table = where
+        lines.append(f"  ⚑ {r.label} ({r.classifier}): {r.flag}: {r.message}")
+    return lines
+
+
 def build_report(results_path: str | os.PathLike[str],
                  out_dir: str | os.PathLike[str] | None = None) -> str:
-    """Summarise all results under ``results_path``; write report.{md,csv,tex}; return console text.
+    """Summarise all results under ``results_path``; write report.{md,csv,tex}; return console text
+    (the tables, then the validity section).
 
     ``out_dir`` defaults to :func:`default_out_dir`. Raises
     :class:`analysis.aggregate.ResultsError` (a UsageError) for missing or inconsistent results.
     """
     df = load_results(results_path)
     summary = summarise(df)
+    flags = check(df, summary)
+    summary = annotate(summary, flags)
     header = describe(df, summary, results_path)
+    validity = validity_lines(flags)
     out = Path(out_dir) if out_dir is not None else default_out_dir(results_path)
     out.mkdir(parents=True, exist_ok=True)
     md_header = "# Robustness report\n\n" + "\n".join(f"- {h}" for h in header.splitlines())
-    atomic_write(out / "report.md", md_header + "\n\n" + render_markdown(summary))
+    md_validity = "## Validity\n\n" + "\n".join(
+        f"  - {line.strip()}" if line.startswith(" ") else f"- {line}" for line in validity) + "\n"
+    atomic_write(out / "report.md", md_header + "\n\n" + render_markdown(summary) + "\n" + md_validity)
     atomic_write(out / "report.csv", render_csv(summary))
     atomic_write(out / "report.tex", render_latex(summary))
-    return header + "\n\n" + render_text(summary)
+    return header + "\n\n" + render_text(summary) + "\n" + "\n".join(validity) + "\n"
 
 
 if __name__ == "__main__":  # python -m analysis.report results/ [out_dir]

@@ -3,6 +3,11 @@
 One table per (dataset, threat, eps, attack_label). A group that is not complete shows
 ``n`` as ``seen/planned (partial)`` and the table gets a footnote, in every format: a
 partial number must never pass for a finished one.
+
+A summary annotated by :func:`analysis.validity.annotate` (columns ``flags`` and
+``flag_messages``) marks each flagged robust number with ``⚑``; a table with a flagged row
+gains a last ``flags`` column (the codes) and one footnote per distinct message, naming the
+rows it concerns. The CSV carries the ``flags`` codes of every row.
 """
 from __future__ import annotations
 
@@ -20,6 +25,8 @@ _LEFT = 2  # the first two columns are names; the rest are numbers, right-aligne
 PARTIAL_NOTE = ("(partial): not every planned example has all its evaluation runs yet; "
                 "the numbers cover only the rows present and are not final.")
 CELLS_NOTE = "(k cells): k grid cells (e.g. seeds) pooled into one row."
+FLAG = "⚑"
+FLAGS_HEADER = "flags"
 
 
 def format_eps(eps: float) -> str:
@@ -49,35 +56,71 @@ def _n_text(row: pd.Series) -> str:
     return f"{row['n']}/{row['cell_examples']} (" + ", ".join(["partial", *extra]) + ")"
 
 
+def _flags(row: pd.Series) -> str:
+    value = row.get("flags", "")
+    return value if isinstance(value, str) else ""
+
+
 def row_cells(row: pd.Series) -> list[str]:
-    """The display strings of one summary row, in HEADERS order."""
+    """The display strings of one summary row, in HEADERS order (the robust number carries
+    ``⚑`` when the row is flagged)."""
     robust = f"{_pct(row['robust_mean'])} [{_pct(row['ci_lo'])}, {_pct(row['ci_hi'])}]"
+    if _flags(row):
+        robust += f" {FLAG}"
     return [str(row["label"]), str(row["classifier"]), _pct(row["clean"]), robust,
             _pct(row["robust_vote"]), _pct(row["robust_worst"]), str(row["runs"]), _n_text(row)]
 
 
-def iter_tables(summary: pd.DataFrame) -> Iterator[tuple[list[str], list[list[str]], list[str]]]:
-    """Yield (title parts, display rows, footnotes) per table, in the summary's order."""
+def flag_notes(g: pd.DataFrame) -> list[str]:
+    """One footnote per distinct (code, message) of a table's rows, naming the rows."""
+    if "flag_messages" not in g.columns:
+        return []
+    name_classifier = g["classifier"].nunique() > 1
+    rows_of: dict[tuple[str, str], list[str]] = {}
+    for _, r in g.iterrows():
+        name = f"{r['label']} ({r['classifier']})" if name_classifier else str(r["label"])
+        for code, message in r["flag_messages"] or []:
+            rows_of.setdefault((code, message), []).append(name)
+    return [f"{FLAG} {code}: {message} [{', '.join(names)}]"
+            for (code, message), names in rows_of.items()]
+
+
+def iter_tables(summary: pd.DataFrame
+                ) -> Iterator[tuple[list[str], list[str], list[list[str]], list[str]]]:
+    """Yield (title parts, headers, display rows, footnotes) per table, in the summary's order.
+    A table with a flagged row gets a last ``flags`` column and the flag footnotes."""
     for key, g in summary.groupby(TABLE_KEYS, sort=False, dropna=False):
         notes = []
         if not g["complete"].all():
             notes.append(PARTIAL_NOTE)
         if (g["cells"] > 1).any():
             notes.append(CELLS_NOTE)
-        yield title_parts(*key), [row_cells(r) for _, r in g.iterrows()], notes
+        rows = [row_cells(r) for _, r in g.iterrows()]
+        headers = list(HEADERS)
+        codes = [_flags(r) for _, r in g.iterrows()]
+        if any(codes):
+            headers.append(FLAGS_HEADER)
+            rows = [[*cells, code] for cells, code in zip(rows, codes)]
+            notes += flag_notes(g)
+        yield title_parts(*key), headers, rows, notes
 
 
 def render_text(summary: pd.DataFrame) -> str:
     """Aligned plain-text tables for the console."""
     blocks = []
-    for parts, rows, notes in iter_tables(summary):
-        widths = [max(len(r[i]) for r in [HEADERS, *rows]) for i in range(len(HEADERS))]
+    robust_col = HEADERS.index("robust % mean [95% CI]")
+    for parts, headers, rows, notes in iter_tables(summary):
+        if len(headers) > len(HEADERS):  # flagged table: keep the unmarked numbers aligned
+            rows = [[c if i != robust_col or c.endswith(FLAG) else c + "  " for i, c in enumerate(r)]
+                    for r in rows]
+        widths = [max(len(r[i]) for r in [headers, *rows]) for i in range(len(headers))]
+        right = range(_LEFT, len(HEADERS))  # the flags column, like the names, is left-aligned
 
         def line(cells: list[str]) -> str:
-            return "  ".join(c.ljust(w) if i < _LEFT else c.rjust(w)
+            return "  ".join(c.rjust(w) if i in right else c.ljust(w)
                              for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
 
-        body = [" · ".join(parts), line(HEADERS), "  ".join("-" * w for w in widths)]
+        body = [" · ".join(parts), line(headers), "  ".join("-" * w for w in widths)]
         body += [line(r) for r in rows] + notes
         blocks.append("\n".join(body))
     return "\n\n".join(blocks) + "\n"
@@ -90,23 +133,25 @@ def _md(text: str) -> str:
 def render_markdown(summary: pd.DataFrame) -> str:
     """GitHub pipe tables, one ``###`` section per table."""
     blocks = []
-    align = ["---"] * _LEFT + ["---:"] * (len(HEADERS) - _LEFT)
-    for parts, rows, notes in iter_tables(summary):
+    for parts, headers, rows, notes in iter_tables(summary):
+        align = ["---"] * _LEFT + ["---:"] * (len(HEADERS) - _LEFT) + ["---"] * (len(headers) - len(HEADERS))
         body = [f"### {_md(' · '.join(parts))}", ""]
-        body += ["| " + " | ".join(_md(c) for c in r) + " |" for r in [HEADERS, align, *rows]]
-        body += [""] + [f"_{_md(n)}_" for n in notes]
+        body += ["| " + " | ".join(_md(c) for c in r) + " |" for r in [headers, align, *rows]]
+        body += [""] + [f"- {_md(n)}" if n.startswith(FLAG) else f"_{_md(n)}_" for n in notes]
         blocks.append("\n".join(body).rstrip())
     return "\n\n".join(blocks) + "\n"
 
 
 def render_csv(summary: pd.DataFrame) -> str:
-    """All groups in one machine-readable table; floats at full (round-trip) precision."""
-    return summary[list(SUMMARY_COLUMNS)].to_csv(index=False, lineterminator="\n")
+    """All groups in one machine-readable table; floats at full (round-trip) precision.
+    An annotated summary adds the ``flags`` codes (semicolon-joined, empty when none)."""
+    columns = list(SUMMARY_COLUMNS) + (["flags"] if "flags" in summary.columns else [])
+    return summary[columns].to_csv(index=False, lineterminator="\n")
 
 
 _TEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
         "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
-        "–": "--"}
+        "–": "--", FLAG: r"$^\dagger$"}
 
 
 def _tex(text: str) -> str:
@@ -116,12 +161,12 @@ def _tex(text: str) -> str:
 def render_latex(summary: pd.DataFrame) -> str:
     """booktabs tables (needs ``\\usepackage{booktabs}``), one ``table`` float per group."""
     blocks = []
-    spec = "l" * _LEFT + "r" * (len(HEADERS) - _LEFT)
-    for parts, rows, notes in iter_tables(summary):
+    for parts, headers, rows, notes in iter_tables(summary):
+        spec = "l" * _LEFT + "r" * (len(HEADERS) - _LEFT) + "l" * (len(headers) - len(HEADERS))
         body = [r"\begin{table}[ht]", r"\centering",
                 r"\caption{" + r" $\cdot$ ".join(_tex(p) for p in parts) + "}",
                 rf"\begin{{tabular}}{{{spec}}}", r"\toprule",
-                " & ".join(_tex(h) for h in HEADERS) + r" \\", r"\midrule"]
+                " & ".join(_tex(h) for h in headers) + r" \\", r"\midrule"]
         body += [" & ".join(_tex(c) for c in r) + r" \\" for r in rows]
         body += [r"\bottomrule", r"\end{tabular}"]
         body += [r"\par\footnotesize " + _tex(n) for n in notes]

@@ -13,20 +13,8 @@ from analysis.aggregate import ResultsError, load_results, summarise
 from analysis.report import build_report
 from analysis.stats import mean_accuracy_interval, wilson_interval
 from analysis.tables import format_eps, render_csv, render_markdown, render_text
+from fixtures_results import SCHEMA, row, write_part
 from harness.errors import UsageError
-
-SCHEMA = pa.schema([
-    ("sweep", pa.string()), ("cell", pa.string()), ("shard", pa.int32()), ("rank", pa.int32()),
-    ("label", pa.string()), ("dataset", pa.string()), ("classifier", pa.string()),
-    ("purifier", pa.string()), ("attack", pa.string()), ("attack_label", pa.string()),
-    ("threat", pa.string()), ("eps", pa.float64()), ("cell_examples", pa.int64()),
-    ("eval_runs", pa.int32()), ("example", pa.int64()), ("y", pa.int64()),
-    ("eval_run", pa.int32()), ("clean_pred", pa.int64()), ("adv_pred", pa.int64()),
-    ("clean_correct", pa.bool_()), ("adv_correct", pa.bool_()), ("seed_purify", pa.int64()),
-    ("seed_attack", pa.int64()), ("nfe", pa.int64()), ("time_s", pa.float64()),
-    ("cell_json", pa.string()), ("harness_version", pa.string()), ("git_rev", pa.string()),
-    ("torch_version", pa.string()), ("host", pa.string()), ("device", pa.string()),
-])
 
 ATTACK = "pgd(exact,eot=4,steps=20)"
 LORID = "lorid(t_s=0.1,loops=3,steps=5)"
@@ -39,29 +27,6 @@ def cell_meta(cell: str, label: str, *, cell_examples: int, eval_runs: int,
     return dict(sweep=sweep, cell=cell, label=label, dataset="digits", classifier=classifier,
                 purifier=label.split("(")[0], attack="pgd", attack_label=ATTACK, threat="linf",
                 eps=0.15, cell_examples=cell_examples, eval_runs=eval_runs)
-
-
-def row(meta: dict, example: int, eval_run: int, y: int, adv_pred: int,
-        clean_pred: int | None = None, nfe: int = 10, time_s: float = 0.5) -> dict:
-    clean_pred = y if clean_pred is None else clean_pred
-    return dict(meta, shard=0, rank=0, example=example, y=y, eval_run=eval_run,
-                clean_pred=clean_pred, adv_pred=adv_pred, clean_correct=clean_pred == y,
-                adv_correct=adv_pred == y, seed_purify=example * 100 + eval_run,
-                seed_attack=example, nfe=nfe, time_s=time_s, cell_json="{}",
-                harness_version="0.1.0", git_rev="abc1234", torch_version="2.5.1",
-                host="node1", device="cpu")
-
-
-def write_part(results: Path, rows: list[dict], shard: int = 0, rank: int = 0, part: int = 0,
-               name: str | None = None) -> Path:
-    """Write rows as one part file at the hive-style location the worker uses."""
-    sweep, cell = rows[0]["sweep"], rows[0]["cell"]
-    d = results / sweep / f"cell={cell}" / f"shard={shard}"
-    d.mkdir(parents=True, exist_ok=True)
-    rows = [dict(r, shard=shard, rank=rank) for r in rows]
-    path = d / (name or f"rank-{rank}-part-{part}.parquet")
-    pq.write_table(pa.Table.from_pylist(rows, schema=SCHEMA), path)
-    return path
 
 
 # Cell A: 4 examples x 3 runs; (y, adv_pred per run) chosen to exercise vote ties.

@@ -1,0 +1,368 @@
+"""Validity checks shown next to each robust number (evaluation protocol, "Validity checks").
+
+:func:`check` reads the per-example results and their summary and returns one row per
+(summary row, flag). Every check uses only what the results hold; a grid that wants a check
+must include the cells it compares (a bare classifier, several eps, a black-box attack, a
+stronger setting). A check whose cells are absent yields nothing; the codes of the checks
+that found something to compare are listed in ``flags.attrs["checked"]``.
+
+Flags (code: when; which summary rows carry it)
+
+``attack-weak``
+    The bare classifier (purifier ``none``, same dataset, classifier, threat, eps and
+    attack) keeps more than ``attack_works`` robust accuracy (5 %; 10 % when it was
+    measured on fewer than ``small_n`` = 100 examples, where one or two lucky examples
+    already make 5 %). Every row of that attack's group is flagged, the bare one included.
+``eps-nonmonotone``
+    Same dataset, classifier, defence, attack and attack parameters except ``eps`` (and
+    ``step_size``, which grids commonly scale with eps): robust accuracy at a larger eps
+    exceeds that at a smaller eps by more than the gap tolerance. The larger eps is flagged.
+``eps-unbounded``
+    An eps that allows any image (Linf >= 1 on [0, 1] images; L2 >= 64, the diameter of
+    [0, 1]^d for d <= 4096 pixel values, e.g. CIFAR's 3072) leaves more than
+    ``attack_works`` robust accuracy: gradient masking, or an attack too short to travel.
+``bb-stronger``
+    Same dataset, classifier, defence, threat and eps: a black-box attack (a plugin with
+    capability ``black_box``, or without ``needs_gradients``) is lower than a white-box
+    gradient attack (``needs_gradients``, gradient ``exact``; BPDA counts) by more than the
+    gap tolerance. The white-box number is flagged (likely gradient masking).
+``no-eot``
+    The defence is random (its purifier plugin is ``stochastic``, or the clean or adversarial
+    prediction of some example differs between evaluation runs) but the gradient attack took
+    one sample per gradient: pgd/bpda with eot 1, autoattack whose effective eot (0 means the
+    version's own: 20 for ``rand``, else 1) is 1. Greybox gradients (the classifier alone)
+    and query attacks do not use EOT and are not flagged.
+``not-converged``
+    Cells equal except ``steps``, ``eot`` and ``queries``: a setting at least as strong in
+    all three and stronger in one lowers robust accuracy by more than the gap tolerance.
+    The weaker number is flagged with the lowest stronger one.
+``attack-null``
+    The attack did nothing: pgd/bpda with 0 steps or step size 0, or an attack whose mean
+    perturbation on the examples that stayed correct is 0 (under 0.1 % of eps) while eps > 0.
+    AutoAttack and Square return an example they do not fool unperturbed (as upstream
+    AutoAttack does), so for them a zero perturbation is not evidence and is not checked.
+``small-perturbation``
+    pgd/bpda whose mean perturbation (in the threat's norm) on the examples that stayed
+    correct is under ``small_perturbation`` (a quarter) of eps: a robust number measured
+    against an attack that never used its budget.
+
+The gap tolerance is ``max(gap, 1 / n)``: 3 accuracy points, but at least one example of
+the smaller of the two samples compared. The compared cells evaluate the same examples
+(same ``data_seed``), so their difference is paired; independent confidence intervals
+would hide real violations at the small n of a quick grid, and one example is the
+smallest difference that n can show.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .aggregate import GROUP_KEYS
+
+FLAG_COLUMNS: tuple[str, ...] = (*GROUP_KEYS, "flag", "message")
+
+#: (code, short description), in the order checks run and flags are listed.
+CHECKS: tuple[tuple[str, str], ...] = (
+    ("attack-weak", "the bare classifier under the same attack goes to ~0%"),
+    ("eps-nonmonotone", "robust accuracy does not rise with eps"),
+    ("eps-unbounded", "an unbounded eps gives ~0%"),
+    ("bb-stronger", "no black-box attack beats a white-box one"),
+    ("no-eot", "a random defence is attacked with EOT"),
+    ("not-converged", "more steps/EOT/queries do not lower the number"),
+    ("attack-null", "the attack perturbs its inputs"),
+    ("small-perturbation", "the attack uses its budget on robust examples"),
+)
+FLAG_ORDER = {code: i for i, (code, _) in enumerate(CHECKS)}
+
+# Attacks that return an example they fail on unperturbed (AutoAttack's convention).
+_CLEAN_ON_FAILURE = frozenset({"autoattack", "square"})
+_ITERATIVE = frozenset({"pgd", "bpda"})  # return their last iterate, robust or not
+_STRENGTH = ("steps", "eot", "queries")
+
+
+@dataclass(frozen=True)
+class Tolerances:
+    attack_works: float = 0.05  # max robust accuracy of the bare classifier / unbounded eps
+    attack_works_small: float = 0.10  # the same below small_n examples
+    small_n: int = 100
+    gap: float = 0.03  # accuracy difference that counts as a violation (see gap())
+    zero_perturbation: float = 1e-3  # mean perturbation below this fraction of eps is "none"
+    small_perturbation: float = 0.25  # ... below this fraction of eps is "barely used"
+    unbounded_linf: float = 1.0
+    unbounded_l2: float = 64.0
+
+    def works(self, n: int) -> float:
+        return self.attack_works if n >= self.small_n else self.attack_works_small
+
+    def gap_for(self, *ns: int) -> float:
+        return max(self.gap, 1.0 / max(1, min(ns)))
+
+    def exceeds(self, difference: float, *ns: int) -> bool:
+        """Whether an accuracy difference is larger than the gap tolerance (rounding aside)."""
+        return difference > self.gap_for(*ns) + 1e-9
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}%"
+
+
+def _capabilities(kind: str, name: str) -> frozenset[str]:
+    from harness import registry
+
+    try:
+        return registry.get(kind, name).capabilities
+    except Exception:  # noqa: BLE001 (a plugin unknown here: no declared capabilities)
+        return frozenset()
+
+
+def _parse(cell_json: Any) -> dict[str, Any] | None:
+    try:
+        cell = json.loads(cell_json)
+    except (TypeError, ValueError):
+        return None
+    return cell if isinstance(cell, dict) and cell else None
+
+
+def _group_info(df: pd.DataFrame) -> pd.DataFrame:
+    """Per summary group: plugin names, the attack's parameters, observed randomness and the
+    mean perturbation on robust rows."""
+    keys = list(GROUP_KEYS)
+    wanted = [*keys, "cell", "example", "clean_pred", "adv_pred", "adv_correct", "perturbation",
+              "found_by", "purifier", "attack", "cell_json"]
+    frame = df[[c for c in wanted if c in df.columns]].copy()
+    # Randomness seen: an example whose clean (or adversarial) prediction differs between runs.
+    varies = frame.groupby(["cell", "example"], sort=False)[["clean_pred", "adv_pred"]].nunique()
+    random_cells = set(varies[(varies > 1).any(axis=1)].index.get_level_values("cell"))
+    frame["_random"] = frame["cell"].isin(random_cells)
+    has_pert = "perturbation" in frame.columns
+    frame["_pert_robust"] = (frame["perturbation"].astype(float).where(frame["adv_correct"].astype(bool))
+                             if has_pert else np.nan)
+    has_found_by = "found_by" in frame.columns
+    frame["_found_by"] = frame["found_by"].notna() if has_found_by else False
+    for col, default in (("purifier", None), ("attack", None), ("cell_json", None)):
+        if col not in frame.columns:
+            frame[col] = default
+    info = frame.groupby(keys, sort=False, dropna=False).agg(
+        purifier=("purifier", "first"), attack=("attack", "first"), cell_json=("cell_json", "first"),
+        random_seen=("_random", "any"), pert_robust=("_pert_robust", "mean"),
+        robust_rows=("adv_correct", "sum"), found_by=("_found_by", "any"),
+    ).reset_index()
+    cells = [_parse(c) for c in info["cell_json"]]
+    info["attack_params"] = [(c or {}).get("attack", {}).get("params") if c else None for c in cells]
+    info["purifier"] = [
+        (c["purifier"]["name"] if c and "purifier" in c else p) for c, p in zip(cells, info["purifier"])]
+    info["attack"] = [
+        (c["attack"]["name"] if c and "attack" in c else a) for c, a in zip(cells, info["attack"])]
+    return info.drop(columns=["cell_json"])
+
+
+def _key(row: pd.Series) -> tuple:
+    return tuple(row[k] for k in GROUP_KEYS)
+
+
+def _without(params: dict[str, Any] | None, drop: tuple[str, ...]) -> str | None:
+    if params is None:
+        return None
+    return json.dumps({k: v for k, v in params.items() if k not in drop}, sort_keys=True)
+
+
+def _effective_eot(attack: str, p: dict[str, Any]) -> int:
+    eot = int(p.get("eot", 1) or 0)
+    if attack == "autoattack" and eot == 0:
+        return 20 if p.get("version") == "rand" else 1
+    return max(eot, 1)
+
+
+def _uses_gradient_eot(attack: str, p: dict[str, Any]) -> bool:
+    """A gradient attack through the defence, for which EOT means something."""
+    if p.get("gradient", "exact") != "exact":
+        return False
+    if attack == "autoattack" and p.get("version") == "custom":
+        return any(a != "square" for a in p.get("attacks", []))
+    return "needs_gradients" in _capabilities("attack", attack)
+
+
+def _white_box(attack: str, p: dict[str, Any] | None) -> bool:
+    return ("needs_gradients" in _capabilities("attack", attack)
+            and (p is None or p.get("gradient", "exact") == "exact"))
+
+
+def _black_box(attack: str) -> bool:
+    caps = _capabilities("attack", attack)
+    return attack != "none" and ("black_box" in caps or ("needs_gradients" not in caps and bool(caps)))
+
+
+def _strength(attack: str, p: dict[str, Any]) -> tuple[int, ...]:
+    return tuple(_effective_eot(attack, p) if k == "eot" else int(p.get(k, 0) or 0) for k in _STRENGTH)
+
+
+def _setting(attack: str, p: dict[str, Any]) -> str:
+    s = _strength(attack, p)
+    return ",".join(f"{k}={v}" for k, v in zip(_STRENGTH, s) if k in p)
+
+
+def check(df: pd.DataFrame, summary: pd.DataFrame, tol: Tolerances | None = None) -> pd.DataFrame:
+    """Validity flags of a summary (:func:`analysis.aggregate.summarise` of ``df``).
+
+    Returns a DataFrame with FLAG_COLUMNS: one row per (summary row, flag), in summary order
+    then CHECKS order; ``attrs["checked"]`` lists the codes of the checks that had data.
+    """
+    tol = tol or Tolerances()
+    keys = list(GROUP_KEYS)
+    rows = summary.merge(_group_info(df), on=keys, how="left")
+    attacked = rows[(rows["attack"].fillna("none") != "none") & (rows["eps"] > 0)]
+    flags: list[tuple[tuple, str, str]] = []
+    checked: set[str] = set()
+
+    def flag(row: pd.Series, code: str, message: str) -> None:
+        flags.append((_key(row), code, message))
+
+    # 1. attack works: the bare classifier under the same attack.
+    for _, g in attacked.groupby(["dataset", "classifier", "threat", "eps", "attack_label"],
+                                 sort=False, dropna=False):
+        bare = g[g["purifier"] == "none"]
+        if bare.empty:
+            continue
+        checked.add("attack-weak")
+        b = bare.iloc[0]
+        if b["robust_mean"] > tol.works(int(b["n"])):
+            for _, r in g.iterrows():
+                flag(r, "attack-weak",
+                     f"bare classifier keeps {_pct(b['robust_mean'])} under this attack")
+
+    # 2. monotone in eps, and unbounded eps ~0.
+    fam = attacked.assign(_family=[_without(p, ("eps", "step_size")) for p in attacked["attack_params"]])
+    fam = fam[fam["_family"].notna()]
+    for _, g in fam.groupby(["dataset", "classifier", "label", "attack", "threat", "_family"],
+                            sort=False, dropna=False):
+        if g["eps"].nunique() < 2:
+            continue
+        checked.add("eps-nonmonotone")
+        for _, r in g.iterrows():
+            smaller = g[g["eps"] < r["eps"]]
+            excess = [(r["robust_mean"] - s["robust_mean"], s) for _, s in smaller.iterrows()
+                      if tol.exceeds(r["robust_mean"] - s["robust_mean"], int(r["n"]), int(s["n"]))]
+            if excess:
+                _, s = max(excess, key=lambda e: e[0])
+                flag(r, "eps-nonmonotone",
+                     f"non-monotone in eps: {_pct(r['robust_mean'])} at eps={r['eps']:g} "
+                     f"above {_pct(s['robust_mean'])} at eps={s['eps']:g}")
+    for _, r in attacked.iterrows():
+        unbounded = (r["threat"] == "linf" and r["eps"] >= tol.unbounded_linf) or \
+                    (r["threat"] == "l2" and r["eps"] >= tol.unbounded_l2)
+        if not unbounded:
+            continue
+        checked.add("eps-unbounded")
+        if r["robust_mean"] > tol.works(int(r["n"])):
+            flag(r, "eps-unbounded",
+                 f"unbounded eps not ~0 (gradient masking?): {_pct(r['robust_mean'])} "
+                 f"at {r['threat']} eps={r['eps']:g}")
+
+    # 3. black-box beats white-box.
+    for _, g in attacked.groupby(["dataset", "classifier", "label", "threat", "eps"],
+                                 sort=False, dropna=False):
+        black = g[[_black_box(a) for a in g["attack"]]]
+        white = g[[_white_box(a, p) for a, p in zip(g["attack"], g["attack_params"])]]
+        if black.empty or white.empty:
+            continue
+        checked.add("bb-stronger")
+        best = black.loc[black["robust_mean"].idxmin()]
+        for _, r in white.iterrows():
+            if tol.exceeds(r["robust_mean"] - best["robust_mean"], int(r["n"]), int(best["n"])):
+                flag(r, "bb-stronger",
+                     f"black-box stronger: likely gradient masking ({best['attack_label']} gives "
+                     f"{_pct(best['robust_mean'])}, this attack {_pct(r['robust_mean'])})")
+
+    # 4. a deterministic attack on a random defence.
+    for _, r in attacked.iterrows():
+        p = r["attack_params"]
+        if p is None or not _uses_gradient_eot(r["attack"], p):
+            continue
+        random_plugin = "stochastic" in _capabilities("purifier", str(r["purifier"]))
+        random = random_plugin or bool(r["random_seen"])
+        if not random:
+            continue
+        checked.add("no-eot")
+        if _effective_eot(r["attack"], p) <= 1:
+            why = "stochastic purifier" if random_plugin else "predictions differ between runs"
+            flag(r, "no-eot", f"random defence, attack without EOT ({why}; eot=1)")
+
+    # 5. more steps / EOT / queries do not lower the number.
+    conv = attacked.assign(_family=[_without(p, _STRENGTH) for p in attacked["attack_params"]])
+    conv = conv[conv["_family"].notna()]
+    for _, g in conv.groupby(["dataset", "classifier", "label", "attack", "threat", "eps", "_family"],
+                             sort=False, dropna=False):
+        if len(g) < 2:
+            continue
+        checked.add("not-converged")
+        strength = {i: _strength(r["attack"], r["attack_params"]) for i, r in g.iterrows()}
+        for i, r in g.iterrows():
+            stronger = [j for j in g.index if j != i and strength[j] != strength[i]
+                        and all(a >= b for a, b in zip(strength[j], strength[i]))]
+            if not stronger:
+                continue
+            s = g.loc[min(stronger, key=lambda j: g.loc[j, "robust_mean"])]
+            if tol.exceeds(r["robust_mean"] - s["robust_mean"], int(r["n"]), int(s["n"])):
+                flag(r, "not-converged",
+                     f"not converged: more steps/EOT lower it to {_pct(s['robust_mean'])} "
+                     f"({_setting(s['attack'], s['attack_params'])})")
+
+    # 6. the attack did nothing, or barely used its budget where the defence held.
+    for _, r in attacked.iterrows():
+        p = r["attack_params"] or {}
+        name = r["attack"]
+        null_params = name in _ITERATIVE and (
+            ("steps" in p and int(p["steps"]) == 0) or ("step_size" in p and float(p["step_size"]) == 0))
+        clean_on_failure = name in _CLEAN_ON_FAILURE or bool(r["found_by"])
+        pert = r["pert_robust"]
+        measured = not clean_on_failure and r["robust_rows"] > 0 and not pd.isna(pert)
+        if null_params or measured:
+            checked.add("attack-null")
+        zero = measured and pert <= tol.zero_perturbation * r["eps"]
+        if zero or null_params:
+            what = ("steps=0" if "steps" in p and int(p["steps"]) == 0 else
+                    "step_size=0" if "step_size" in p and float(p["step_size"]) == 0 else "")
+            if zero:
+                detail = f"{what}; " if what else ""
+                message = (f"attack did nothing (zero perturbation): {detail}mean perturbation "
+                           f"{pert:.3g} on the examples that stayed correct, eps {r['eps']:g}")
+            else:
+                start = ", random start only" if p.get("random_start") else ""
+                message = f"attack did nothing ({what}: no gradient step{start})"
+            flag(r, "attack-null", message)
+        elif measured and name in _ITERATIVE:
+            checked.add("small-perturbation")
+            if pert < tol.small_perturbation * r["eps"]:
+                flag(r, "small-perturbation",
+                     f"attack barely perturbs robust examples: mean {r['threat']} perturbation "
+                     f"{pert:.3g} vs eps {r['eps']:g}")
+
+    out = pd.DataFrame([(*k, code, msg) for k, code, msg in flags], columns=list(FLAG_COLUMNS))
+    if not out.empty:
+        order = {k: i for i, k in enumerate(summary[keys].itertuples(index=False, name=None))}
+        out["_o"] = [order.get(tuple(r), math.inf) for r in out[keys].itertuples(index=False, name=None)]
+        out["_f"] = out["flag"].map(FLAG_ORDER)
+        out = (out.sort_values(["_o", "_f"], kind="stable").drop(columns=["_o", "_f"])
+               .drop_duplicates().reset_index(drop=True))
+    out.attrs["checked"] = [c for c, _ in CHECKS if c in checked]
+    return out
+
+
+def annotate(summary: pd.DataFrame, flags: pd.DataFrame) -> pd.DataFrame:
+    """The summary with ``flags`` (semicolon-joined codes, "" when none) and
+    ``flag_messages`` (a list of (code, message) per row)."""
+    keys = list(GROUP_KEYS)
+    messages: dict[tuple, list[tuple[str, str]]] = {}
+    for r in flags.itertuples(index=False):
+        k = tuple(getattr(r, c) for c in keys)
+        messages.setdefault(k, []).append((r.flag, r.message))
+    out = summary.copy()
+    per_row = [messages.get(k, []) for k in summary[keys].itertuples(index=False, name=None)]
+    out["flags"] = [";".join(dict.fromkeys(c for c, _ in m)) for m in per_row]
+    out["flag_messages"] = per_row
+    return out
