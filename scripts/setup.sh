@@ -10,11 +10,20 @@ extra=""
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
-. .venv/bin/activate
 stamp=".venv/.installed${extra}"
+log=".venv/setup.log"
+pipi() {  # pip install, its chatter kept in the log and shown only on failure
+  if ! .venv/bin/python -m pip install --disable-pip-version-check "$@" >>"$log" 2>&1; then
+    cat "$log" >&2
+    echo "setup: pip install $* failed (log: $log)" >&2
+    exit 1
+  fi
+}
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-  pip install -q --disable-pip-version-check --upgrade pip 2>&1 | grep -v '^WARNING: Location' || true
-  pip install -q --disable-pip-version-check "$TORCH_PIN" 2>&1 | grep -v '^WARNING: Location' || true
-  pip install -q --disable-pip-version-check -e ".${extra}" 2>&1 | grep -v '^WARNING: Location' || true
+  echo "setup: installing into .venv (log: $log)" >&2
+  : >"$log"
+  pipi --upgrade pip
+  pipi "$TORCH_PIN"
+  pipi -e ".${extra}"
   .venv/bin/python -c "import torch, harness" && touch "$stamp"
 fi
