@@ -14,7 +14,7 @@ import pandas as pd
 
 from harness.fsutil import atomic_write
 
-from .aggregate import load_results, summarise
+from .aggregate import load_results, summarise, with_worst_over_attacks
 from .tables import render_csv, render_latex, render_markdown, render_text, title_parts
 from .validity import annotate, check
 
@@ -81,7 +81,7 @@ def build_report(results_path: str | os.PathLike[str],
     :class:`analysis.aggregate.ResultsError` (a UsageError) for missing or inconsistent results.
     """
     df = load_results(results_path)
-    summary = summarise(df)
+    summary = summarise(with_worst_over_attacks(df))
     flags = check(df, summary)
     summary = annotate(summary, flags)
     header = describe(df, summary, results_path)
