@@ -132,3 +132,14 @@ def test_noise_is_per_example() -> None:
     a = ExampleNoise([1, 2, 3]).randn((2, 2))
     b = ExampleNoise([3, 9]).randn((2, 2))
     assert torch.equal(a[2], b[0]) and not torch.equal(a[0], a[1])
+
+
+@pytest.mark.parametrize("rank", [1, 3, 6])
+def test_batched_truncated_tucker_equals_tensorly_hooi(rank: int) -> None:
+    """The batched SVD projection is tensorly's Tucker with ranks (r, C, p, p)."""
+    from harness.purify.tucker import low_rank, tensorly_low_rank
+
+    t = torch.randn(3, 9, 2, 4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(rank))
+    ours = low_rank(t, rank)
+    ref = torch.stack([tensorly_low_rank(x, rank) for x in t])
+    assert torch.allclose(ours, ref, atol=1e-8)
