@@ -314,6 +314,64 @@ def test_cancel_requeue_preempt_then_resume_complete_exactly_once(cluster: Clust
     assert "nothing to submit" in done.stdout, done.stdout
 
 
+def test_sweep_sh_requeues_itself_on_the_pre_timeout_signal(cluster: Cluster, tmp_path: Path) -> None:
+    """slurm/sweep.sh gets USR1 in its batch shell (what `--signal=B:USR1@300` sends before the time
+    limit): it stops the step, requeues the task and exits; the requeued task resumes from the part
+    files already written. With HARNESS_MAX_REQUEUES=1 a second signal is not acted on and the task
+    runs to completion. Every example of the row is there exactly once."""
+    sweep = "slowsh"
+    write(tmp_path / "slow.yaml", SLOW_GRID.format(sweep=sweep))
+    assert harness("plan", "--grid", "slow.yaml", "--jobs", "jobs", cwd=tmp_path).returncode == 0
+    results_sweep = tmp_path / "results" / sweep
+    env = {"HARNESS_PYTHON": sys.executable, "HARNESS_RESULTS": str(tmp_path / "results"),
+           "HARNESS_MAX_REQUEUES": "1"}
+    r = run("sbatch", "--parsable", "--array=1", "--output", str(logs_dir(tmp_path) / "%A_%a.out"),
+            str(SWEEP_SH), f"jobs/{sweep}/plan.parquet", cwd=tmp_path, env=env)
+    job = r.stdout.strip().split(";")[0]
+    task, log = f"{job}_1", tmp_path / "logs" / f"{job}_1.out"
+    parts = lambda: sorted(results_sweep.glob("cell=*/shard=1/rank-*-part-*.parquet"))  # noqa: E731
+    log_text = lambda: log.read_text() if log.is_file() else ""  # noqa: E731
+
+    def restarts() -> int:
+        m = re.search(r"\bRestarts=(\d+)", run("scontrol", "show", "job", "-o", task, check=False).stdout)
+        return int(m.group(1)) if m else -1
+
+    wait_until(lambda: bool(parts()), 240, "a first part file of row 1",
+               debug=lambda: f"{task_states([job])}\n{log_text()[-3000:]}")
+    before = {p.name: p.stat().st_mtime_ns for p in parts()}
+    run("scancel", "--batch", "--signal=USR1", task)
+    assert not next(results_sweep.glob("cell=*/shard=1")).joinpath("_COMPLETE.json").exists(), \
+        "the row finished before it was signalled; make SLOW_GRID heavier"
+
+    pending = lambda: run("squeue", "-h", "-j", task, "-o", "%T", check=False).stdout.strip() == "PENDING"  # noqa: E731
+    wait_until(lambda: restarts() >= 1 and pending(), 60, f"{task} requeued (Restarts >= 1, PENDING)",
+               debug=log_text)
+    # Slurm revokes the first instance's credential in the second it is killed, and refuses a launch
+    # whose credential dates from that same second ("Job credential revoked", FAILED); the requeue
+    # hold exists for this. The script exits right after requeueing, so let that second pass.
+    time.sleep(2)
+    _release_after_requeue(task)
+    requeued = lambda: "REQUEUED" in run("sacct", "-n", "-X", "-D", "-j", task, "-o", "State").stdout  # noqa: E731
+    wait_until(requeued, 30, f"sacct to record {task} as REQUEUED")
+    text = log_text()
+    assert "SIGUSR1" in text and f"requeued {task};" in text, text[-3000:]  # --open-mode=append kept it
+
+    # The second instance: past HARNESS_MAX_REQUEUES, a signal is logged and the task runs on.
+    wait_until(lambda: "restart 1" in log_text(), 60, "the requeued task's script to start", debug=log_text)
+    run("scancel", "--batch", "--signal=USR1", task)
+    states = wait_tasks([task], 300, logs=tmp_path / "logs")
+    assert states == {task: "COMPLETED"}, (states, log_text()[-3000:])
+    assert restarts() in (1, -1)  # -1: already gone from scontrol (MinJobAge)
+    assert "not requeueing, running on" in log_text(), log_text()[-3000:]
+
+    rows = result_rows(results_sweep)
+    assert not rows.duplicated(KEY).any(), rows[KEY].value_counts()
+    assert sorted(rows["example"]) == list(range(8, 16)), sorted(rows["example"])
+    assert next(results_sweep.glob("cell=*/shard=1")).joinpath("_COMPLETE.json").is_file()
+    after = {p.name: p.stat().st_mtime_ns for p in parts()}
+    assert all(after.get(name) == t for name, t in before.items()), "a finished part file was rewritten"
+
+
 # ---------------------------------------------------------------- dry run: the golden batch scripts
 
 def _normalise(text: str, tmp: Path) -> str:
