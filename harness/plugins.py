@@ -74,6 +74,25 @@ register(PluginSpec(
     help="DiffPure-style: one diffuse/denoise round at t* (DDPM ancestral or DDIM)",
 ))
 register(PluginSpec(
+    "purifier", "gdmp", "harness.purify.pipeline:build",
+    params={
+        "denoiser": _DENOISER,
+        "t_s": Param("number", 0.1, low=0.0, help="diffusion time per round: step (int >= 1) or fraction of T"),
+        "loops": Param("int", 4, low=1, high=1000, help="diffuse/denoise rounds"),
+        **_SAMPLER,
+        "guidance": Param("str", "mse", choices=("mse", "ssim"),
+                          help="distance whose gradient pulls each reverse step toward the input"),
+        "guidance_scale": Param("float", 1.0, low=0.0,
+                                help="s in x_{t-1} mean − s·β·∇d(x_t, sqrt(ᾱ_t)·x_in), d summed over "
+                                     "pixels; 1.0 pulls a round's mean ~20% toward the input at "
+                                     "t_s=0.1 (mse); 0 = unguided"),
+    },
+    capabilities=frozenset({"stochastic", "diffusion"}),
+    label=("t_s", "loops", "guidance", "guidance_scale"),
+    help="GDMP (Wang et al. 2022): rounds whose reverse steps are guided toward the input "
+         "(MSE or SSIM); ensemble paths with eval_runs",
+))
+register(PluginSpec(
     "purifier", "multistep", "harness.purify.pipeline:build",
     params={
         "denoiser": _DENOISER,

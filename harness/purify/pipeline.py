@@ -1,7 +1,8 @@
 """The purifier as configured by a grid cell, and the defended model (purify → classify).
 
 LoRID, DiffPure-style and multi-step purification are the same loop with different
-lists of rounds; `none` and `tucker` are the reference rows.
+lists of rounds; GDMP is LoRID's loop with each reverse step guided toward the input
+(purify.guidance); `none` and `tucker` are the reference rows.
 """
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ import torch
 from torch import nn
 
 from ..rng import ExampleNoise
-from .samplers import EpsFn, reverse
+from .guidance import make_guide
+from .samplers import EpsFn, GuideFn, reverse
 from .schedule import Schedule
 from .tucker import tucker_denoise
 
@@ -30,6 +32,8 @@ class PurifierConfig:
     tucker_rank: float = 0.5
     tucker_per: str = "image"
     denoiser: str | None = None
+    guidance: str = "none"  # none | mse | ssim (GDMP): pull each reverse step toward the input
+    guidance_scale: float = 0.0
 
     @classmethod
     def from_plugin(cls, name: str, params: dict[str, Any]) -> "PurifierConfig":
@@ -41,6 +45,9 @@ class PurifierConfig:
             return cls(tucker="only", **tk)
         if name == "lorid":
             return cls(rounds=[params["t_s"]] * params["loops"], tucker=params["tucker"], **tk, **common)
+        if name == "gdmp":
+            return cls(rounds=[params["t_s"]] * params["loops"], guidance=params["guidance"],
+                       guidance_scale=params["guidance_scale"], **common)
         if name == "diffpure":
             return cls(rounds=[params["t_s"]], **common)
         if name == "multistep":
@@ -106,18 +113,29 @@ class Purifier(nn.Module):
         self.nfe = 0
         if c.tucker == "pre":
             x = self._tucker(x)
+        guide = self._guide(x)
         for i, k in enumerate(self._ks):
             z = noise.randn_like(x)
             x_t = self._stage(lambda v: self.schedule.diffuse(v, k, z), x)  # noqa: B023 (called at once)
             if c.tucker == "every_loop" or (c.tucker == "noisy" and i == 0):
                 x_t = self._tucker(x_t)
-            x = self._stage(lambda v: self._denoise(v, k, noise), x_t)  # noqa: B023
+            x = self._stage(lambda v: self._denoise(v, k, noise, guide), x_t)  # noqa: B023
         return x
 
-    def _denoise(self, x_t: torch.Tensor, k: int, noise: ExampleNoise) -> torch.Tensor:
+    def _guide(self, x_in: torch.Tensor) -> GuideFn | None:
+        """GDMP's guidance toward this call's input x_in (diffusion range); None when off.
+
+        A scale of 0 is no guidance at all: the unguided steps, bit for bit."""
+        c = self.config
+        if c.guidance == "none" or c.guidance_scale == 0:
+            return None
+        return make_guide(c.guidance, c.guidance_scale, x_in, self.schedule)
+
+    def _denoise(self, x_t: torch.Tensor, k: int, noise: ExampleNoise,
+                 guide: GuideFn | None = None) -> torch.Tensor:
         c = self.config
         x, n = reverse(self.eps_fn, x_t, k, self.schedule, steps=c.steps, sampler=c.sampler,
-                       noise=noise, clip=self.clip_denoised, checkpoint=self.checkpoint)
+                       noise=noise, clip=self.clip_denoised, checkpoint=self.checkpoint, guide=guide)
         self.nfe += n
         return x
 

@@ -4,6 +4,11 @@
 `models.digits.UNetEps`, an exact analytic predictor in tests, or anything else.
 Each reverse step can be checkpointed so that exact gradients through many steps keep
 memory flat; the step's noise is drawn before the checkpoint so recomputation matches.
+
+`guide(x_t, t) -> g` (optional, GDMP-style guidance): a guidance score evaluated at each
+step's input; the step's mean (ddpm) or output (ddim) is shifted by β·g, β = 1 − ᾱ_t/ᾱ_prev
+the (respaced) step's variance, as classifier guidance shifts the mean by Σ·∇log p. It is
+evaluated outside the checkpoint, so its own graph (small, image-sized) is kept per step.
 """
 from __future__ import annotations
 
@@ -17,6 +22,7 @@ from ..rng import ExampleNoise
 from .schedule import Schedule
 
 EpsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+GuideFn = Callable[[torch.Tensor, int], torch.Tensor]  # (x_t, schedule index t) -> guidance score
 SAMPLERS = ("ddpm", "ddim")
 
 
@@ -28,16 +34,19 @@ def timesteps(k: int, steps: int) -> list[int]:
 
 
 def _step(eps_fn: EpsFn, x: torch.Tensor, t: int, a: float, a_prev: float, sampler: str,
-          clip: bool, z: torch.Tensor | None) -> torch.Tensor:
+          clip: bool, z: torch.Tensor | None, shift: torch.Tensor | None = None) -> torch.Tensor:
     tt = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
     eps = eps_fn(x, tt)
     x0 = (x - (1 - a) ** 0.5 * eps) / a ** 0.5
     if clip:
         x0 = x0.clamp(-1, 1)
     if sampler == "ddim":  # eta = 0: deterministic given x_t
-        return a_prev ** 0.5 * x0 + (1 - a_prev) ** 0.5 * (x - a ** 0.5 * x0) / (1 - a) ** 0.5
+        out = a_prev ** 0.5 * x0 + (1 - a_prev) ** 0.5 * (x - a ** 0.5 * x0) / (1 - a) ** 0.5
+        return out if shift is None else out + shift
     beta = 1 - a / a_prev  # the respaced step's beta
     mean = (a_prev ** 0.5 * beta / (1 - a)) * x0 + ((1 - beta) ** 0.5 * (1 - a_prev) / (1 - a)) * x
+    if shift is not None:
+        mean = mean + shift
     if z is None:
         return mean
     return mean + (beta * (1 - a_prev) / (1 - a)) ** 0.5 * z
@@ -45,7 +54,7 @@ def _step(eps_fn: EpsFn, x: torch.Tensor, t: int, a: float, a_prev: float, sampl
 
 def reverse(eps_fn: EpsFn, x_t: torch.Tensor, k: int, schedule: Schedule, *, steps: int = 0,
             sampler: str = "ddpm", noise: ExampleNoise | None = None, clip: bool = True,
-            checkpoint: bool = False) -> tuple[torch.Tensor, int]:
+            checkpoint: bool = False, guide: GuideFn | None = None) -> tuple[torch.Tensor, int]:
     """Denoise x_t (diffused to index k) to x̂_0; returns (x̂_0, denoiser evaluations)."""
     if sampler not in SAMPLERS:
         raise ValueError(f"sampler must be one of {SAMPLERS}, not {sampler!r}")
@@ -60,8 +69,9 @@ def reverse(eps_fn: EpsFn, x_t: torch.Tensor, k: int, schedule: Schedule, *, ste
             if noise is None:
                 raise ValueError("the ddpm sampler needs a noise source")
             z = noise.randn_like(x)
+        shift = None if guide is None else (1 - a / a_prev) * guide(x, t)
         if checkpoint and torch.is_grad_enabled():
-            x = _checkpoint(_step, eps_fn, x, t, a, a_prev, sampler, clip, z, use_reentrant=False)
+            x = _checkpoint(_step, eps_fn, x, t, a, a_prev, sampler, clip, z, shift, use_reentrant=False)
         else:
-            x = _step(eps_fn, x, t, a, a_prev, sampler, clip, z)
+            x = _step(eps_fn, x, t, a, a_prev, sampler, clip, z, shift)
     return x, len(ts)
