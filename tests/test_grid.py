@@ -205,7 +205,7 @@ BAD: list[tuple[str, Any, str, tuple[str, ...]]] = [
     ("bad-sweep-name", grid(sweep="a/b"), "sweep", ("letters, digits",)),
     ("examples-zero", grid(examples=0), "examples", ("integer >= 1",)),
     ("unknown-plugin", grid(purifier=["none", "lorrid"]), "purifier[1]",
-     ("unknown purifier 'lorrid'", "diffpure, lorid, multistep, none, tucker")),
+     ("unknown purifier 'lorrid'", "diffpure, gdmp, lorid, multistep, none, tucker")),
     ("unknown-plugin-mapping", grid(attack={"name": "fgsm"}), "attack.name",
      ("unknown attack", "none, pgd")),
     ("unknown-entry-key", grid(purifier={"name": "lorid", "loops": 3}), "purifier.loops",
