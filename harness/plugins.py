@@ -14,6 +14,38 @@ register(PluginSpec(
     capabilities=frozenset({"bundled"}),
     help="sklearn's bundled 8x8 digits, fixed held-out split (no download)",
 ))
+_ROOT = Param("str", help="local directory holding the data set in its official layout (never downloaded)")
+_SIZE = Param("int", 256, low=1, high=4096,
+              help="images are resized (shorter side) and center-cropped to size x size")
+register(PluginSpec(
+    "dataset", "cifar10", "harness.data.cifar:load_cifar10",
+    params={"root": _ROOT},
+    capabilities=frozenset({"local"}),
+    help="CIFAR-10 test set: <root>/cifar-10-batches-py/test_batch (python version), 32x32",
+))
+register(PluginSpec(
+    "dataset", "cifar100", "harness.data.cifar:load_cifar100",
+    params={"root": _ROOT,
+            "labels": Param("str", "fine", choices=("fine", "coarse"),
+                            help="fine (100 classes) or coarse (20 superclasses) labels")},
+    capabilities=frozenset({"local"}),
+    help="CIFAR-100 test set: <root>/cifar-100-python/test (python version), 32x32",
+))
+register(PluginSpec(
+    "dataset", "imagenet", "harness.data.imagenet:load",
+    params={"root": _ROOT, "size": _SIZE},
+    capabilities=frozenset({"local", "lazy"}),
+    help="ImageNet validation set: <root>/val/<wnid>/*.JPEG, or <root>/val/*.JPEG with "
+         "<root>/labels.txt; decoded per batch",
+))
+register(PluginSpec(
+    "dataset", "celebahq", "harness.data.celebahq:load",
+    params={"root": _ROOT, "size": _SIZE,
+            "attribute": Param("str", help="binary label: a column of the attribute list, "
+                                           "e.g. Eyeglasses or Smiling")},
+    capabilities=frozenset({"local", "lazy"}),
+    help="CelebA-HQ images with list_attr_celeba.txt; label = one attribute (0/1); decoded per batch",
+))
 
 # ---------------------------------------------------------------- classifiers
 register(PluginSpec(
