@@ -1,0 +1,105 @@
+"""Load local checkpoints safely: safetensors, or torch.load with weights_only=True.
+
+No checkpoint is ever unpickled into arbitrary objects: a `.pt`/`.pth` holding anything but
+tensors and plain containers is refused with AssetError. When an expected sha256 is given
+the file is refused unless it matches (checked before anything is parsed).
+RobustBench-style wrappers are undone: a dict holding the weights under "state_dict" or
+"model_state_dict" is unwrapped, and a "module." prefix (DataParallel) is stripped.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import AssetError
+from .bundled import sha256
+
+WRAPPER_KEYS = ("state_dict", "model_state_dict")
+PREFIX = "module."
+_SHOW = 5  # how many keys an error message lists
+
+
+def _unwrap(obj: Any, path: Path) -> dict[str, torch.Tensor]:
+    for _ in range(len(WRAPPER_KEYS) + 1):  # nested wrappers, bounded
+        if isinstance(obj, dict):
+            inner = next((obj[k] for k in WRAPPER_KEYS if isinstance(obj.get(k), dict)), None)
+            if inner is not None:
+                obj = inner
+                continue
+        break
+    if not isinstance(obj, dict):
+        raise AssetError(f"{path}: holds a {type(obj).__name__}, not a state dict")
+    out: dict[str, torch.Tensor] = {}
+    for k, v in obj.items():
+        if not isinstance(v, torch.Tensor):
+            raise AssetError(f"{path}: entry {k!r} is a {type(v).__name__}, not a tensor")
+        key = str(k)
+        while key.startswith(PREFIX):
+            key = key[len(PREFIX):]
+        if key in out:
+            raise AssetError(f"{path}: key {key!r} appears twice once {PREFIX!r} is stripped")
+        out[key] = v
+    return out
+
+
+def load_checkpoint(path: str | Path, expected_sha256: str | None = None) -> dict[str, torch.Tensor]:
+    """A CPU state dict from a `.safetensors`, `.pt` or `.pth` file; AssetError if refused."""
+    path = Path(path)
+    if not path.is_file():
+        raise AssetError(f"{path}: missing checkpoint")
+    if expected_sha256 is not None:
+        got = sha256(path)
+        if got.lower() != expected_sha256.strip().lower():
+            raise AssetError(f"{path}: sha256 mismatch: expected {expected_sha256}, got {got}; "
+                             "the file is corrupt or was replaced")
+    suffix = path.suffix.lower()
+    if suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            obj: Any = load_file(str(path), device="cpu")
+        except Exception as e:  # noqa: BLE001 - any parse failure is a bad asset
+            raise AssetError(f"{path}: not a readable safetensors file ({e})") from e
+    elif suffix in (".pt", ".pth"):
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001 - UnpicklingError for refused globals, or corrupt
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise AssetError(f"{path}: refused: not a plain tensor checkpoint (loaded with "
+                             f"weights_only=True; arbitrary objects are never unpickled): {first}") from e
+    else:
+        raise AssetError(f"{path}: unknown checkpoint type {suffix!r} (want .safetensors, .pt or .pth)")
+    return _unwrap(obj, path)
+
+
+def _target(model: nn.Module) -> nn.Module:
+    from .resnet import Normalized
+
+    return model.net if isinstance(model, Normalized) else model
+
+
+def _few(keys: list[str]) -> str:
+    more = f" (+{len(keys) - _SHOW} more)" if len(keys) > _SHOW else ""
+    return ", ".join(keys[:_SHOW]) + more
+
+
+def load_into(model: nn.Module, state_dict: dict[str, torch.Tensor], name: str = "checkpoint") -> nn.Module:
+    """Strictly load `state_dict` into `model` (into `.net` for a `Normalized` wrapper).
+
+    Refuses with AssetError listing the first few missing, unexpected and wrong-shaped keys."""
+    target = _target(model)
+    own = target.state_dict()
+    missing = [k for k in own if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in own]
+    shapes = [f"{k} {tuple(state_dict[k].shape)} vs {tuple(own[k].shape)}"
+              for k in own if k in state_dict and tuple(state_dict[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or shapes:
+        parts = [f"{label} {len(keys)}: {_few(keys)}"
+                 for label, keys in (("missing", missing), ("unexpected", unexpected),
+                                     ("wrong shape (checkpoint vs model)", shapes)) if keys]
+        raise AssetError(f"{name} does not fit {type(target).__name__}: " + "; ".join(parts))
+    target.load_state_dict(state_dict, strict=True)
+    return model

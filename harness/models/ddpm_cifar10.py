@@ -1,0 +1,40 @@
+"""The google/ddpm-cifar10-32 noise predictor's architecture (diffusers UNet2DModel).
+
+35,746,307 parameters: block_out_channels (128, 256, 256, 256), two ResNet layers per block,
+self-attention in the second down block (16×16) and the matching up block, DDPM linear betas
+1e-4..0.02 over T=1000 (the schedule is the purifier's business, not the model's).
+Load its weights with `checkpoints.load_checkpoint` + `checkpoints.load_into`, or with
+`UNet2DModel.from_pretrained(local_dir)`; wrap with `digits.UNetEps` for the purifier.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+DDPM_CIFAR10_CONFIG: dict[str, Any] = dict(
+    sample_size=32,
+    in_channels=3,
+    out_channels=3,
+    layers_per_block=2,
+    block_out_channels=(128, 256, 256, 256),
+    down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"),
+    up_block_types=("UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
+    act_fn="silu",
+    attention_head_dim=None,
+    center_input_sample=False,
+    downsample_padding=0,
+    flip_sin_to_cos=False,
+    freq_shift=1,
+    mid_block_scale_factor=1,
+    norm_eps=1e-6,
+    norm_num_groups=32,
+    time_embedding_type="positional",
+)
+
+
+def ddpm_cifar10_unet() -> nn.Module:
+    """An untrained UNet2DModel with google/ddpm-cifar10-32's configuration."""
+    from diffusers import UNet2DModel
+
+    return UNet2DModel(**DDPM_CIFAR10_CONFIG)
