@@ -55,6 +55,23 @@ register(PluginSpec(
     help="small CNN trained on the digits by `harness train`, shipped in the package",
 ))
 
+_CHECKPOINT = {
+    "path": Param("str", help="local checkpoint (.safetensors, or .pt/.pth loaded with weights_only)"),
+    "sha256": Param("str", "", help="expected sha256 of the file; empty = not checked"),
+}
+register(PluginSpec(
+    "classifier", "wrn-28-10", "harness.models.zoo:load_wrn_28_10", params=dict(_CHECKPOINT),
+    help="WideResNet-28-10 (RobustBench wide_resnet.py keys), CIFAR-10, inputs in [0,1]",
+))
+register(PluginSpec(
+    "classifier", "resnet-50", "harness.models.zoo:load_resnet50", params=dict(_CHECKPOINT),
+    help="ResNet-50 (torchvision keys), ImageNet normalisation inside, resized to 224",
+))
+register(PluginSpec(
+    "classifier", "resnet-18-binary", "harness.models.zoo:load_resnet18_binary", params=dict(_CHECKPOINT),
+    help="ResNet-18 with 2 outputs (torchvision keys): a CelebA-HQ attribute classifier",
+))
+
 # ---------------------------------------------------------------- purifiers
 _DENOISER = Param("str", "digits-ddpm", choices=("digits-ddpm",), help="diffusion backbone")
 _SAMPLER = {

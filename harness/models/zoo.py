@@ -1,0 +1,41 @@
+"""Classifier plugins backed by local checkpoints: the architecture, then the user's file,
+checksum-verified and loaded strictly (no unpickling of arbitrary objects)."""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from torch import nn
+
+from .checkpoints import load_checkpoint, load_into
+
+
+def _from_checkpoint(make: Callable[[], nn.Module], name: str) -> Callable[[dict[str, Any]], nn.Module]:
+    def load(params: dict[str, Any]) -> nn.Module:
+        model = make()
+        state = load_checkpoint(params["path"], params["sha256"] or None)
+        return load_into(model, state, name=f"{name} ({params['path']})").eval().requires_grad_(False)
+
+    return load
+
+
+def _wrn_28_10() -> nn.Module:
+    from .wideresnet import wrn_28_10
+
+    return wrn_28_10()
+
+
+def _resnet50() -> nn.Module:
+    from .resnet import resnet50
+
+    return resnet50()
+
+
+def _resnet18_binary() -> nn.Module:
+    from .resnet import resnet18_binary
+
+    return resnet18_binary()
+
+
+load_wrn_28_10 = _from_checkpoint(_wrn_28_10, "wrn-28-10")
+load_resnet50 = _from_checkpoint(_resnet50, "resnet-50")
+load_resnet18_binary = _from_checkpoint(_resnet18_binary, "resnet-18-binary")
