@@ -153,6 +153,16 @@ register(PluginSpec(
 ))
 
 # ---------------------------------------------------------------- attacks
+_BUDGET = {
+    "norm": Param("str", "linf", choices=("linf", "l2"), help="threat model"),
+    "eps": Param("float", low=0.0, help="budget on [0,1] images"),
+}
+_PGD_LOOP = {  # PGD's projected-ascent loop, shared by every attack that runs it
+    "steps": Param("int", 20, low=0, help="iterations"),
+    "step_size": Param("float", low=0.0, help="step size (Linf: per-pixel; L2: norm)"),
+    "eot": Param("int", 1, low=1, help="purifications averaged per gradient (EOT)"),
+    "random_start": Param("bool", True, help="start from a random point in the ball"),
+}
 register(PluginSpec(
     "attack", "none", "harness.attacks.none:attack",
     help="clean inputs",
@@ -160,12 +170,8 @@ register(PluginSpec(
 register(PluginSpec(
     "attack", "pgd", "harness.attacks.pgd:attack",
     params={
-        "norm": Param("str", "linf", choices=("linf", "l2"), help="threat model"),
-        "eps": Param("float", low=0.0, help="budget on [0,1] images"),
-        "steps": Param("int", 20, low=0, help="iterations"),
-        "step_size": Param("float", low=0.0, help="step size (Linf: per-pixel; L2: norm)"),
-        "eot": Param("int", 1, low=1, help="purifications averaged per gradient (EOT)"),
-        "random_start": Param("bool", True, help="start from a random point in the ball"),
+        **_BUDGET,
+        **_PGD_LOOP,
         "gradient": Param("str", "exact", choices=("exact", "greybox"),
                           help="exact: through the whole purifier; greybox: classifier alone, then purify"),
     },
@@ -181,8 +187,7 @@ register(PluginSpec(
                               "custom: the `attacks` list"),
         "attacks": Param("list[str]", [], choices=("apgd-ce", "apgd-dlr", "apgd-t", "fab", "fab-t", "square"),
                          help="version custom only: the sub-attacks, in the order run"),
-        "norm": Param("str", "linf", choices=("linf", "l2"), help="threat model"),
-        "eps": Param("float", low=0.0, help="budget on [0,1] images"),
+        **_BUDGET,
         "steps": Param("int", 100, low=1, high=100000, help="APGD and FAB iterations (AutoAttack: 100)"),
         "eot": Param("int", 0, low=0, high=1000,
                      help="purifications averaged per APGD gradient; 0 = the version's own (rand 20, else 1)"),
@@ -197,12 +202,8 @@ register(PluginSpec(
 register(PluginSpec(
     "attack", "bpda", "harness.attacks.bpda:attack",
     params={
-        "norm": Param("str", "linf", choices=("linf", "l2"), help="threat model"),
-        "eps": Param("float", low=0.0, help="budget on [0,1] images"),
-        "steps": Param("int", 20, low=0, help="iterations"),
-        "step_size": Param("float", low=0.0, help="step size (Linf: per-pixel; L2: norm)"),
-        "eot": Param("int", 1, low=1, help="purifications averaged per gradient (EOT)"),
-        "random_start": Param("bool", True, help="start from a random point in the ball"),
+        **_BUDGET,
+        **_PGD_LOOP,
         "tucker_backward": Param("str", "identity", choices=("identity", "exact"),
                                  help="identity: the whole purifier is the identity in the backward pass; "
                                       "exact: only the diffusion is, the Tucker step keeps its gradient"),
@@ -214,8 +215,7 @@ register(PluginSpec(
 register(PluginSpec(
     "attack", "square", "harness.attacks.square:attack",
     params={
-        "norm": Param("str", "linf", choices=("linf", "l2"), help="threat model"),
-        "eps": Param("float", low=0.0, help="budget on [0,1] images"),
+        **_BUDGET,
         "queries": Param("int", 5000, low=1, high=1000000, help="model evaluations per example"),
     },
     capabilities=frozenset({"black_box"}),
