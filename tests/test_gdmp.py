@@ -10,21 +10,9 @@ from harness.models.bundled import load_denoiser
 from harness.plan import nfe_per_purification
 from harness.purify.guidance import distance, distance_grad, ssim
 from harness.purify.pipeline import Purifier, PurifierConfig, build
-from harness.purify.schedule import Schedule
 from harness.rng import ExampleNoise, derive_seed
+from test_purifier import gradcheck_purifier
 
-
-
-class TinyEps(torch.nn.Module):
-    """A tiny double-precision noise predictor (as in test_purifier) for gradcheck."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.conv = torch.nn.Conv2d(1, 1, 3, padding=1).double()
-
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return 0.1 * torch.tanh(self.conv(x)) * (1 + t.view(-1, 1, 1, 1).double() / 1000)
 
 
 def _digits(n: int) -> torch.Tensor:
@@ -67,15 +55,7 @@ def test_mse_guidance_keeps_the_output_closer_to_the_input(sampler: str) -> None
 @pytest.mark.parametrize("guidance", ["mse", "ssim"])
 def test_input_gradient_through_guidance_matches_finite_differences(guidance: str) -> None:
     """The attack differentiates the guidance term too (ssim: create_graph inside the step)."""
-    p = Purifier(PurifierConfig(rounds=[8, 8], steps=3, guidance=guidance, guidance_scale=2.0),
-                 TinyEps(), Schedule.linear(), checkpoint=True)
-    w = torch.linspace(-1, 1, 16, dtype=torch.float64).view(1, 1, 4, 4)
-    x = (0.5 + 0.1 * torch.randn(1, 1, 4, 4, generator=torch.Generator().manual_seed(3))).double()
-
-    def f(inp: torch.Tensor) -> torch.Tensor:
-        return (p(inp, ExampleNoise([11])) * w).sum()
-
-    assert torch.autograd.gradcheck(f, (x.requires_grad_(True),), eps=1e-6, atol=1e-6, rtol=1e-4)
+    assert gradcheck_purifier(PurifierConfig(rounds=[8, 8], steps=3, guidance=guidance, guidance_scale=2.0))
 
 
 def test_guided_attack_gradient_is_finite_on_digits() -> None:

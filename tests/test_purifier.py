@@ -100,16 +100,20 @@ class TinyEps(torch.nn.Module):
 @pytest.mark.parametrize("sampler", ["ddpm", "ddim"])
 def test_input_gradient_matches_finite_differences(tucker: str, sampler: str) -> None:
     """The exact gradient through loops, sampler steps and Tucker, noise held fixed."""
-    p = Purifier(PurifierConfig(rounds=[8, 8], steps=3, sampler=sampler, tucker=tucker,
-                                tucker_patch=2, tucker_stride=1, tucker_rank=3),
-                 TinyEps(), Schedule.linear(), checkpoint=True)
+    assert gradcheck_purifier(PurifierConfig(rounds=[8, 8], steps=3, sampler=sampler, tucker=tucker,
+                                             tucker_patch=2, tucker_stride=1, tucker_rank=3))
+
+
+def gradcheck_purifier(config: PurifierConfig) -> bool:
+    """Input gradient of a tiny float64 purifier (checkpointed, noise fixed) vs finite differences."""
+    p = Purifier(config, TinyEps(), Schedule.linear(), checkpoint=True)
     w = torch.linspace(-1, 1, 16, dtype=torch.float64).view(1, 1, 4, 4)
     x = (0.5 + 0.1 * torch.randn(1, 1, 4, 4, generator=torch.Generator().manual_seed(3))).double()
 
     def f(inp: torch.Tensor) -> torch.Tensor:
         return (p(inp, ExampleNoise([11])) * w).sum()
 
-    assert torch.autograd.gradcheck(f, (x.requires_grad_(True),), eps=1e-6, atol=1e-6, rtol=1e-4)
+    return torch.autograd.gradcheck(f, (x.requires_grad_(True),), eps=1e-6, atol=1e-6, rtol=1e-4)
 
 
 def test_tucker_full_rank_is_identity_and_low_rank_is_not() -> None:
