@@ -98,28 +98,29 @@ running() {  # the process exists and is not a zombie (PID 1 of a container may 
     [[ ${st%% *} != Z ]]
 }
 
-# stop_group TIMEOUT NAME=PID...: SIGTERM to all, wait (bounded) for all, then SIGKILL the rest.
-stop_group() {
-    local timeout=$1 np left i; shift
-    for np in "$@"; do kill -TERM "${np#*=}" 2>/dev/null || true; done
-    for ((i = 0; i < timeout * 10; i++)); do
-        left=()
-        for np in "$@"; do running "${np#*=}" && left+=("$np"); done
-        ((${#left[@]})) || break
+# wait_gone TENTHS NAME=PID...: wait up to TENTHS tenths of a second until none is running.
+wait_gone() {
+    local tenths=$1 np i alive; shift
+    for ((i = 0; i < tenths; i++)); do
+        alive=0
+        for np in "$@"; do running "${np#*=}" && alive=1; done
+        ((alive)) || return 0
         sleep 0.1
     done
+}
+
+# stop_group TIMEOUT NAME=PID...: SIGTERM to all, wait (bounded) for all, then SIGKILL the rest.
+stop_group() {
+    local timeout=$1 np; shift
+    for np in "$@"; do kill -TERM "${np#*=}" 2>/dev/null || true; done
+    wait_gone $((timeout * 10)) "$@"
     for np in "$@"; do
         if running "${np#*=}"; then
             log "${np%%=*} (pid ${np#*=}) ignored SIGTERM for ${timeout}s: SIGKILL"
             kill -KILL "${np#*=}" 2>/dev/null || true
         fi
     done
-    for ((i = 0; i < 50; i++)); do
-        left=()
-        for np in "$@"; do running "${np#*=}" && left+=("$np"); done
-        ((${#left[@]})) || break
-        sleep 0.1
-    done
+    wait_gone 50 "$@"
     for np in "$@"; do
         if running "${np#*=}"; then log "WARNING: ${np%%=*} (pid ${np#*=}) survived SIGKILL"
         else log "stopped ${np%%=*} (pid ${np#*=})"; fi
