@@ -54,8 +54,14 @@ def done_examples(directory: Path) -> set[int]:
 
 
 def remove_stale_temporaries(directory: Path, rank: int) -> int:
-    """Delete this rank's temporaries left by a killed writer (only this rank writes them)."""
-    stale = list(directory.glob(f".rank-{rank}-part-*.tmp")) if directory.is_dir() else []
+    """Delete this rank's temporaries left by a killed writer (only this rank writes them):
+    its part files and telemetry, and for rank 0 the shard's completion marker."""
+    if not directory.is_dir():
+        return 0
+    patterns = [f".rank-{rank}-part-*.tmp", f"._telemetry-rank-{rank}-*.tmp"]
+    if rank == 0:
+        patterns.append("._COMPLETE.json.*.tmp")
+    stale = [f for p in patterns for f in directory.glob(p)]
     for f in stale:
         f.unlink(missing_ok=True)
     return len(stale)

@@ -75,6 +75,7 @@ def test_run_resume_after_sigkill_is_exactly_once(tiny_grid: Path, tmp_path: Pat
     # what a writer killed mid-write leaves behind: a temporary, never a short part file
     some_shard = next(iter(before)).parent
     (some_shard / ".rank-0-part-0000099.parquet.999999.tmp").write_bytes(b"PAR1 half a file")
+    (some_shard / "._COMPLETE.json.999999.tmp").write_text("{")  # killed while marking the shard
 
     r = harness("run", "--grid", str(tiny_grid), "--jobs", "jobs", "--results", "results", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
