@@ -36,18 +36,46 @@ class Progress:
         self.stream.flush()
 
 
+def _profile_tflops(name: str | None, grid_path: Path) -> tuple[str | None, float | None]:
+    """(profile name, gpu_tflops) for the cost estimate; (None, None) without a profile."""
+    if not name:
+        return None, None
+    from .launch.profiles import load_profile, resolve
+
+    prof = load_profile(resolve(name, grid_path))
+    return prof.name, prof.gpu_tflops
+
+
 def cmd_plan(args: argparse.Namespace) -> int:
+    from .catalog import assets_dir, needs, problems
     from .grid import load_grid
-    from .plan import make_plan, summary, write_plan
+    from .plan import cost_table, make_plan, summary, write_plan
 
     grid = load_grid(args.grid)
-    path = write_plan(grid, args.jobs, overwrite=args.overwrite)
-    print(summary(make_plan(grid)))
+    profile, tflops = _profile_tflops(args.profile or grid.profile, grid.path)
+    root = assets_dir(args.assets, grid.assets)
+    bad = problems(needs(grid.cells), root)
+    if bad and args.check_assets:
+        from .catalog import require
+
+        require(needs(grid.cells), root)
+    path = write_plan(grid, args.jobs, overwrite=args.overwrite, assets=args.assets)
+    plan = make_plan(grid, args.assets)
+    print(summary(plan))
+    rate = f"{tflops:g} TFLOP/s per GPU assumed by profile {profile!r}" if tflops else (
+        f"profile {profile!r} sets no gpu_tflops" if profile else "no profile: pass --profile for GPU-hours")
+    print(f"estimated cost ({rate}):")
+    print(cost_table(plan, tflops))
+    print(f"assets: {root}: " + ("every asset the grid names is present" if not bad else
+                                 f"{len(bad)} problem(s); `harness submit` and `harness run` will refuse:"))
+    for line in bad:
+        print(f"  {line}")
     print(f"plan: {path}")
     return 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from .catalog import assets_dir, needs, require
     from .grid import load_grid
     from .plan import make_plan, summary, write_plan
     from .launch.task import mark_complete
@@ -56,8 +84,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .worker import Assets, pending, run_row
 
     grid = load_grid(args.grid)
-    path = write_plan(grid, args.jobs, overwrite=args.overwrite)
-    plan = make_plan(grid)
+    root = assets_dir(args.assets, grid.assets)
+    require(needs(grid.cells), root)
+    path = write_plan(grid, args.jobs, overwrite=args.overwrite, assets=args.assets)
+    plan = make_plan(grid, args.assets)
     print(summary(plan))
     print(f"plan: {path}")
     results = Path(args.results)
@@ -66,7 +96,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     progress = Progress(todo, "examples")
     if todo == 0:
         print("every row is already complete; nothing to run")
-    assets = Assets(device=args.device)
+    assets = Assets(device=args.device, root=root)
     for r in rows:
         written = run_row(r, results, assets, cell_examples=grid.examples,
                           on_batch=lambda n, r=r: progress.advance(n, f"· {r['label']} · {r['attack_label']}"))
@@ -89,8 +119,31 @@ def cmd_submit(args: argparse.Namespace) -> int:
     from .launch.slurm import submit
 
     submit(args.grid, profile=args.profile, jobs=args.jobs, results=args.results,
-           dry_run=args.dry_run, resume=args.resume)
+           dry_run=args.dry_run, resume=args.resume, assets=args.assets)
     return 0
+
+
+def cmd_stage(args: argparse.Namespace) -> int:
+    from .catalog import load_catalog, needs, ref_name, is_ref
+    from .staging import stage
+
+    cat = load_catalog()
+    if args.list:
+        for name, a in cat.assets.items():
+            arch = cat.archs.get(a.arch or "")
+            what = f"{arch.name} ({arch.params:,} parameters)" if arch else a.kind
+            print(f"{name:<30} {a.kind:<10} <assets>/{a.path}  {what}\n{'':<30} published: {a.published}")
+        return 0
+    if not args.dir:
+        raise UsageError("harness stage: give the asset directory (or --list)")
+    names = list(args.only or [])
+    if args.grid:
+        from .grid import load_grid
+
+        names += [ref_name(n.value) for n in needs(load_grid(args.grid).cells) if is_ref(n.value)]
+    results = stage(Path(args.dir).absolute(), list(dict.fromkeys(names)) or None)
+    bad = [r for r in results if r.status == "bad" or (names and r.status == "missing")]
+    return 2 if bad else 0
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -108,6 +161,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+ASSETS_HELP = ("asset directory that asset:<name> values resolve against (default: the grid's "
+               "`assets:`, else $HARNESS_ASSETS, else ./assets)")
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="harness", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -121,6 +178,11 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--grid", required=True, help="grid YAML file")
     sp.add_argument("--jobs", default="jobs", help="jobs directory (default: jobs)")
     sp.add_argument("--overwrite", action="store_true", help="replace a plan of the same sweep name")
+    sp.add_argument("--profile", default=None,
+                    help="cluster profile for the GPU-hour estimate (default: the grid's `profile:`)")
+    sp.add_argument("--assets", default=None, help=ASSETS_HELP)
+    sp.add_argument("--check-assets", action="store_true",
+                    help="exit 2 when an asset the grid names is missing or changed")
 
     sp = add("run", cmd_run, "plan and run every row in this process (CPU or one GPU)")
     sp.add_argument("--grid", required=True, help="grid YAML file")
@@ -129,6 +191,7 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda:0")
     sp.add_argument("--overwrite", action="store_true", help="replace a plan of the same sweep name")
     sp.add_argument("--report", action="store_true", help="print the report when done")
+    sp.add_argument("--assets", default=None, help=ASSETS_HELP)
 
     sp = add("submit", cmd_submit, "plan and submit the unfinished rows as Slurm job arrays (returns at once)")
     sp.add_argument("--grid", required=True, help="grid YAML file")
@@ -140,6 +203,13 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--dry-run", action="store_true", help="print the batch scripts and array ranges; submit nothing")
     sp.add_argument("--resume", action="store_true",
                     help="after earlier submissions: submit only rows neither complete nor queued/running")
+    sp.add_argument("--assets", default=None, help=ASSETS_HELP)
+
+    sp = add("stage", cmd_stage, "check a local asset directory against the catalogue (never downloads)")
+    sp.add_argument("dir", nargs="?", help="the asset directory")
+    sp.add_argument("--only", nargs="+", metavar="NAME", help="check only these catalogued assets")
+    sp.add_argument("--grid", default=None, help="check the assets this grid names; exit 2 if any is missing")
+    sp.add_argument("--list", action="store_true", help="list the catalogue: names, layout, where published")
 
     sp = add("status", cmd_status, "per cell: examples done / running / queued / failed / missing")
     sp.add_argument("target", help="jobs/<sweep> or results/<sweep>")

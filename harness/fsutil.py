@@ -24,3 +24,14 @@ def atomic_write(path: str | os.PathLike[str], data: bytes | str) -> Path:
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def file_digest(path: str | os.PathLike[str], algorithm: str = "sha256") -> str:
+    """Hex digest of a file, read in 1 MiB chunks (checkpoints are gigabytes)."""
+    import hashlib
+
+    h = hashlib.new(algorithm)
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

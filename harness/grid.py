@@ -29,7 +29,7 @@ ROOT = "<root>"
 DEFAULTS: dict[str, Any] = {"batch_size": 64, "shard_size": 256, "seeds": [0], "eval_runs": 1,
                             "data_seed": 0}
 TOP_KEYS = ("sweep", *KINDS, "examples", "batch_size", "shard_size", "seeds", "eval_runs",
-            "data_seed", "zip", "exclude", "profile")
+            "data_seed", "zip", "exclude", "profile", "assets")
 REQUIRED_KEYS = ("sweep", *KINDS, "examples")
 ZIP_AXES = (*KINDS, "seeds")
 ENTRY_KEYS = ("name", "params", "zip")
@@ -51,6 +51,7 @@ class Grid:
     eval_runs: int
     data_seed: int
     profile: str | None
+    assets: str | None  # the asset directory `asset:<name>` values resolve against
     cells: list[dict[str, Any]]
 
 
@@ -107,7 +108,7 @@ def load_grid(path: str | Path) -> Grid:
     return Grid(path=path, raw=raw, source=source, sweep=s["sweep"], examples=s["examples"],
                 batch_size=s["batch_size"], shard_size=s["shard_size"], seeds=s["seeds"],
                 eval_runs=s["eval_runs"], data_seed=s["data_seed"], profile=s["profile"],
-                cells=cells)
+                assets=s["assets"], cells=cells)
 
 
 def _one_line(exc: Exception) -> str:
@@ -131,13 +132,14 @@ def _settings(raw: dict[str, Any], file: str) -> dict[str, Any]:
                                        "letters, digits, '_', '.', '-' (it becomes a directory)")
     if sweep in (".", ".."):
         raise GridError(file, "sweep", f"{sweep!r} is not allowed as a directory name")
-    out = {"sweep": sweep, "profile": s.get("profile")}
+    out = {"sweep": sweep, "profile": s.get("profile"), "assets": s.get("assets")}
     for key in ("examples", "batch_size", "shard_size", "eval_runs"):
         out[key] = _int(s[key], file, key, low=1)
     out["data_seed"] = _int(s["data_seed"], file, "data_seed", low=0)
     out["seeds"] = _seeds(s["seeds"], file)
-    if out["profile"] is not None and not isinstance(out["profile"], str):
-        raise GridError(file, "profile", f"{out['profile']!r} is not allowed; expected a string")
+    for key in ("profile", "assets"):
+        if out[key] is not None and not (isinstance(out[key], str) and out[key]):
+            raise GridError(file, key, f"{out[key]!r} is not allowed; expected a string")
     return out
 
 
@@ -283,8 +285,11 @@ def expand(raw: dict[str, Any], file: str) -> list[dict[str, Any]]:
     # contributes one variant per value), so lengths are counted after entry expansion.
     groups = _zip_groups(raw.get("zip", []), list(ZIP_AXES), file, "zip")
     cells = [_cell(combo, s) for combo in _combine(axes, groups, file, "zip")]
-    cells = _apply_excludes(cells, raw.get("exclude", []), axes, file)
-    return _dedupe(cells)
+    cells = _dedupe(_apply_excludes(cells, raw.get("exclude", []), axes, file))
+    from .catalog import check_cells
+
+    check_cells(cells, file)
+    return cells
 
 
 def _cell(combo: dict[str, Any], s: dict[str, Any]) -> dict[str, Any]:
@@ -328,8 +333,8 @@ def _apply_excludes(cells: list[dict[str, Any]], rules: Any, axes: dict[str, lis
     checked = [_check_rule(rule, i, known, axes, file) for i, rule in enumerate(rules)]
     # Compare as JSON so that a step 1 never matches a fraction 1.0, nor true the integer 1.
     kept = [c for c, f in zip(cells, flats)
-            if not any(all(p in f and canonical_json(f[p]) == canonical_json(v)
-                           for p, v in rule.items()) for rule in checked)]
+            if not any(all(p in f and canonical_json(f[p]) in values
+                           for p, values in rule.items()) for rule in checked)]
     if not kept:
         raise GridError(file, "exclude", f"every cell is excluded ({len(cells)} before "
                                          "exclusion); remove or narrow a rule")
@@ -337,8 +342,9 @@ def _apply_excludes(cells: list[dict[str, Any]], rules: Any, axes: dict[str, lis
 
 
 def _check_rule(rule: Any, i: int, known: list[str], axes: dict[str, list[Any]],
-                file: str) -> dict[str, Any]:
-    """An exclude rule with its paths checked against the grid and its values normalised."""
+                file: str) -> dict[str, set[str]]:
+    """An exclude rule with its paths checked against the grid: path → the canonical JSON of
+    the values it matches (a list of values matches any of them)."""
     key = f"exclude[{i}]"
     if not isinstance(rule, dict) or not rule:
         raise GridError(file, key, f"{rule!r} is not allowed; expected a mapping from dotted "
@@ -348,8 +354,24 @@ def _check_rule(rule: Any, i: int, known: list[str], axes: dict[str, list[Any]],
         if path not in known:
             raise GridError(file, f"{key}.{path}", f"no cell has this path; allowed: "
                                                    f"{', '.join(known)}")
-        out[path] = _exclude_value(path, value, axes, file, f"{key}.{path}")
+        alternatives = value if isinstance(value, list) and not _takes_list(path, axes) else [value]
+        if isinstance(value, list) and _takes_list(path, axes) and value and all(
+                isinstance(v, list) for v in value):
+            alternatives = value  # a list-typed parameter: a list of lists is "any of"
+        if not alternatives:
+            raise GridError(file, f"{key}.{path}", "empty list; expected a value or a list of values")
+        out[path] = {canonical_json(_exclude_value(path, v, axes, file, f"{key}.{path}"))
+                     for v in alternatives}
     return out
+
+
+def _takes_list(path: str, axes: dict[str, list[Any]]) -> bool:
+    """True when the path names a list-typed plugin parameter (e.g. multistep's schedule)."""
+    parts = path.split(".")
+    if parts[0] not in KINDS or len(parts) < 3:
+        return False
+    return any(registry.get(parts[0], v["name"]).params.get(parts[2], Param("int")).is_list
+               for v in axes[parts[0]])
 
 
 def _exclude_value(path: str, value: Any, axes: dict[str, list[Any]], file: str,

@@ -20,7 +20,7 @@ T = 1000  # diffusion steps of the backbones' forward process; a float t_s < 1 i
 
 COLUMNS = ("row", "sweep", "cell", "shard", "start", "stop", "cell_json", "label", "attack_label",
            "dataset", "classifier", "purifier", "attack", "seed", "batch_size",
-           "nfe_per_example", "nfe_total")
+           "nfe_per_example", "nfe_total", "gflop_total", "assets_dir")
 _INT_COLUMNS = ("row", "shard", "start", "stop", "seed", "batch_size", "nfe_per_example",
                 "nfe_total")
 
@@ -85,10 +85,28 @@ def attack_passes(attack: dict[str, Any]) -> int:
     return int(p["steps"]) * int(p.get("eot", 1)) * 2
 
 
+def passes_per_example(cell: dict[str, Any]) -> int:
+    """Purify-and-classify passes per example: clean and adversarial evaluation runs, plus the attack's."""
+    return cell["eval_runs"] * 2 + attack_passes(cell["attack"])
+
+
 def nfe_row(cell: dict[str, Any], n_examples: int) -> int:
     """Estimated denoiser evaluations of one row: clean and adversarial evaluations plus attack."""
-    per_example = nfe_per_purification(cell["purifier"])
-    return per_example * n_examples * (cell["eval_runs"] * 2 + attack_passes(cell["attack"]))
+    return nfe_per_purification(cell["purifier"]) * n_examples * passes_per_example(cell)
+
+
+def gflop_row(cell: dict[str, Any], n_examples: int) -> float:
+    """Estimated GFLOPs of one row (denoiser and classifier forwards; a backward pass counted
+    as one more forward, like the NFE); NaN when an architecture is not in the catalogue."""
+    from .catalog import arch_of, classifier_arch
+
+    nfe = nfe_per_purification(cell["purifier"])
+    denoiser = arch_of("denoiser", cell["purifier"]["params"].get("denoiser")) if nfe else None
+    classifier = classifier_arch(cell["classifier"])
+    if classifier is None or (nfe and denoiser is None):
+        return float("nan")
+    per_pass = nfe * (denoiser.gflops if denoiser else 0.0) + classifier.gflops
+    return per_pass * n_examples * passes_per_example(cell)
 
 
 # ---------------------------------------------------------------- plan
@@ -98,8 +116,13 @@ def shard_ranges(examples: int, shard_size: int) -> list[tuple[int, int]]:
     return [(k, min(examples, k + shard_size)) for k in range(0, examples, shard_size)]
 
 
-def make_plan(grid: Grid) -> pd.DataFrame:
-    """One row per (cell, shard), in cell order then shard order; `row` is the array index."""
+def make_plan(grid: Grid, assets: str | Path | None = None) -> pd.DataFrame:
+    """One row per (cell, shard), in cell order then shard order; `row` is the array index.
+
+    `assets_dir` is where the workers resolve `asset:<name>` values (see harness.catalog)."""
+    from .catalog import assets_dir
+
+    root = str(assets_dir(str(assets) if assets else None, grid.assets))
     rows = []
     for cell in grid.cells:
         fixed = {"sweep": grid.sweep, "cell": cell_hash(cell), "cell_json": canonical_json(cell),
@@ -109,7 +132,8 @@ def make_plan(grid: Grid) -> pd.DataFrame:
                  "nfe_per_example": nfe_per_purification(cell["purifier"])}
         for k, (start, stop) in enumerate(shard_ranges(grid.examples, grid.shard_size)):
             rows.append({**fixed, "shard": k, "start": start, "stop": stop,
-                         "nfe_total": nfe_row(cell, stop - start)})
+                         "nfe_total": nfe_row(cell, stop - start),
+                         "gflop_total": gflop_row(cell, stop - start), "assets_dir": root})
     df = pd.DataFrame(rows)
     df["row"] = range(len(df))
     return df[list(COLUMNS)].astype({c: "int64" for c in _INT_COLUMNS})
@@ -137,14 +161,15 @@ def _existing_cells(path: Path) -> set[str]:
                          "pass overwrite=True to replace it") from None
 
 
-def write_plan(grid: Grid, jobs_dir: str | Path = "jobs", overwrite: bool = False) -> Path:
+def write_plan(grid: Grid, jobs_dir: str | Path = "jobs", overwrite: bool = False,
+               assets: str | Path | None = None) -> Path:
     """Write jobs/<sweep>/plan.parquet and grid.yaml (the source bytes); return the plan path.
 
     An identical plan is left untouched. The same cells with other sizes (e.g. more
     examples) replace it, since results are keyed by cell hash and example index. Other
     cells under the same sweep name are refused unless overwrite=True.
     """
-    df = make_plan(grid)
+    df = make_plan(grid, assets)
     data = _parquet_bytes(df)
     out = Path(jobs_dir) / grid.sweep
     plan_path, grid_path = out / "plan.parquet", out / "grid.yaml"
@@ -179,3 +204,22 @@ def summary(plan_df: pd.DataFrame) -> str:
     nfe = int(plan_df["nfe_total"].sum())
     return (f"{cells} cells × {per_cell} examples = {examples} cell-examples in "
             f"{len(plan_df)} shards; ~{human(nfe)} denoiser evaluations (estimate)")
+
+
+def cost_table(plan_df: pd.DataFrame, gpu_tflops: float | None = None) -> str:
+    """Per purifier, and in all: denoiser evaluations, TFLOPs and, given a sustained TFLOP/s
+    rate per GPU (the profile's `gpu_tflops`), the estimated GPU-hours."""
+    if not len(plan_df):
+        return ""
+    groups = plan_df.groupby("purifier", sort=False).agg(
+        cells=("cell", "nunique"), nfe=("nfe_total", "sum"),
+        gflop=("gflop_total", lambda v: v.sum(min_count=len(v))))
+    groups.loc["all"] = [plan_df["cell"].nunique(), plan_df["nfe_total"].sum(),
+                         plan_df["gflop_total"].sum(min_count=len(plan_df))]
+    lines = [f"{'purifier':<12} {'cells':>6} {'denoiser evals':>15} {'TFLOP':>10} {'GPU-hours':>10}"]
+    for name, g in groups.iterrows():
+        known = g["gflop"] == g["gflop"]
+        tflop = human(g["gflop"] / 1e3) if known else "?"
+        hours = f"{g['gflop'] / 1e3 / gpu_tflops / 3600:,.1f}" if known and gpu_tflops else "?"
+        lines.append(f"{str(name):<12} {int(g['cells']):>6} {human(g['nfe']):>15} {tflop:>10} {hours:>10}")
+    return "\n".join(lines)

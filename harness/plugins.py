@@ -14,7 +14,9 @@ register(PluginSpec(
     capabilities=frozenset({"bundled"}),
     help="sklearn's bundled 8x8 digits, fixed held-out split (no download)",
 ))
-_ROOT = Param("str", help="local directory holding the data set in its official layout (never downloaded)")
+_ROOT = Param("str", asset="dataset",
+              help="local directory holding the data set in its official layout (never downloaded), "
+                   "or asset:<name> under the asset directory")
 _SIZE = Param("int", 256, low=1, high=4096,
               help="images are resized (shorter side) and center-cropped to size x size")
 register(PluginSpec(
@@ -56,12 +58,21 @@ register(PluginSpec(
 ))
 
 _CHECKPOINT = {
-    "path": Param("str", help="local checkpoint (.safetensors, or .pt/.pth loaded with weights_only)"),
-    "sha256": Param("str", "", help="expected sha256 of the file; empty = not checked"),
+    "path": Param("str", asset="classifier",
+                  help="local checkpoint (.safetensors, or .pt/.pth loaded with weights_only), "
+                       "or asset:<name> under the asset directory"),
+    "sha256": Param("str", "", help="expected sha256 of the file; empty = the catalogue's or "
+                                    "`harness stage`'s record for an asset, else not checked"),
 }
+_CLASSES = {"classes": Param("int", 10, choices=(10, 100), help="outputs: 10 (CIFAR-10) or 100 (CIFAR-100)")}
 register(PluginSpec(
-    "classifier", "wrn-28-10", "harness.models.zoo:load_wrn_28_10", params=dict(_CHECKPOINT),
-    help="WideResNet-28-10 (RobustBench wide_resnet.py keys), CIFAR-10, inputs in [0,1]",
+    "classifier", "wrn-28-10", "harness.models.zoo:load_wrn_28_10", params={**_CHECKPOINT, **_CLASSES},
+    help="WideResNet-28-10 (RobustBench wide_resnet.py keys), CIFAR-10/100, inputs in [0,1]",
+))
+register(PluginSpec(
+    "classifier", "wrn-70-16", "harness.models.zoo:load_wrn_70_16", params={**_CHECKPOINT, **_CLASSES},
+    help="WideResNet-70-16 (RobustBench dm_wide_resnet.py keys, Swish), CIFAR-10/100 "
+         "normalisation inside, inputs in [0,1]",
 ))
 register(PluginSpec(
     "classifier", "resnet-50", "harness.models.zoo:load_resnet50", params=dict(_CHECKPOINT),
@@ -73,7 +84,9 @@ register(PluginSpec(
 ))
 
 # ---------------------------------------------------------------- purifiers
-_DENOISER = Param("str", "digits-ddpm", choices=("digits-ddpm",), help="diffusion backbone")
+_DENOISER = Param("str", "digits-ddpm", choices=("digits-ddpm",), asset="denoiser",
+                  help="diffusion backbone: the bundled digits-ddpm, asset:<name> (a catalogued "
+                       "backbone), or a local diffusers UNet2DModel folder")
 _SAMPLER = {
     "sampler": Param("str", "ddpm", choices=("ddpm", "ddim"), help="reverse sampler"),
     "steps": Param("int", 0, low=0, help="reverse steps per round (respacing); 0 = every step"),

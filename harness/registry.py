@@ -32,6 +32,9 @@ class Param:
     high: float | None = None
     choices: tuple[Any, ...] | None = None
     help: str = ""
+    # The kind of local asset the value names ("dataset", "classifier", "denoiser"): a path,
+    # or `asset:<name>` from the catalogue (checked here, resolved by the worker).
+    asset: str | None = None
 
     def __post_init__(self) -> None:
         if self.type not in _TYPES:
@@ -42,6 +45,9 @@ class Param:
         return self.type.startswith("list[")
 
     def allowed(self) -> str:
+        if self.asset:
+            bundled = "".join(f"{c!r}, " for c in self.choices or ())
+            return f"{bundled}asset:<name> of a catalogued {self.asset} (`harness stage --list`), or a local path"
         if self.choices is not None:
             one_of = "one of " + ", ".join(repr(c) for c in self.choices)
             return f"a non-empty list, each {one_of}" if self.is_list else one_of
@@ -64,7 +70,12 @@ class Param:
             if not isinstance(value, list) or not value:
                 raise bad
             return [self._scalar(self.type[5:-1], v, bad) for v in value]
-        return self._scalar(self.type, value, bad)
+        value = self._scalar(self.type, value, bad)
+        if self.asset:
+            from .catalog import check_ref
+
+            check_ref(value, self.asset, file, key)
+        return value
 
     def _scalar(self, typ: str, value: Any, bad: GridError) -> Any:
         if typ == "bool":
@@ -83,7 +94,9 @@ class Param:
                 value = float(value)
             if value != value:  # NaN
                 raise bad
-        if self.choices is not None and value not in self.choices:
+        if self.choices is not None and value not in self.choices and not (
+                self.asset and isinstance(value, str) and value):
+            # an asset parameter's choices are its bundled names; any other value is a path
             raise bad
         if self.low is not None and value < self.low:
             raise bad

@@ -14,15 +14,19 @@ from typing import Any, Callable
 import numpy as np
 
 from . import registry
+from .catalog import assets_dir, resolve_params
 from .results import (done_examples, part_path, provenance, remove_stale_temporaries, shard_dir,
                       write_part)
 
 
 @dataclass
 class Assets:
-    """Loaded data sets and models, cached across the rows one process runs."""
+    """Loaded data sets and models, cached across the rows one process runs.
+
+    `root` is the asset directory that `asset:<name>` parameter values resolve against."""
 
     device: str = "cpu"
+    root: Path = field(default_factory=assets_dir)
     cache: dict[str, Any] = field(default_factory=dict)
 
     def get(self, key: str, make: Callable[[], Any]) -> Any:
@@ -30,19 +34,26 @@ class Assets:
             self.cache[key] = make()
         return self.cache[key]
 
+    def _plugin(self, kind: str, entry: dict[str, Any], *args: Any) -> Any:
+        spec = registry.get(kind, entry["name"])
+        return self.get(f"{kind}:{json.dumps(entry, sort_keys=True)}",
+                        lambda: spec.load()(*args, resolve_params(spec, entry["params"], self.root)))
+
     def dataset(self, entry: dict[str, Any]) -> Any:
-        spec = registry.get("dataset", entry["name"])
-        return self.get(f"dataset:{json.dumps(entry, sort_keys=True)}", lambda: spec.load()(entry["params"]))
+        return self._plugin("dataset", entry)
 
     def defended(self, cell: dict[str, Any]) -> Any:
+        from .models.denoisers import load_denoiser
         from .purify.pipeline import Defended
 
-        cls_entry, pur_entry = cell["classifier"], cell["purifier"]
-        classifier = self.get(f"classifier:{json.dumps(cls_entry, sort_keys=True)}",
-                              lambda: registry.get("classifier", cls_entry["name"]).load()(cls_entry["params"]).to(self.device))
-        purifier = self.get(f"purifier:{json.dumps(pur_entry, sort_keys=True)}",
-                            lambda: registry.get("purifier", pur_entry["name"]).load()(
-                                pur_entry["name"], pur_entry["params"], self.device))
+        classifier = self._plugin("classifier", cell["classifier"]).to(self.device)
+        p = cell["purifier"]
+        value = p["params"].get("denoiser")
+        eps_fn = (self.get(f"denoiser:{value}", lambda: load_denoiser(value, self.root).to(self.device))
+                  if value else None)
+        purifier = self.get(f"purifier:{json.dumps(p, sort_keys=True)}",
+                            lambda: registry.get("purifier", p["name"]).load()(
+                                p["name"], p["params"], self.device, eps_fn=eps_fn))
         return Defended(purifier, classifier)
 
 

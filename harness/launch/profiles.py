@@ -21,6 +21,7 @@ cluster admin's `module load ...`, written by whoever writes the profile).
     array_parallelism: 32     # at most this many array tasks at once (`--array=...%N`)
     max_array_size: 1000      # optional: rows per array job (default: the cluster's MaxArraySize)
     python: [python3]         # the interpreter as argv words (default: the submitting one)
+    gpu_tflops: 100           # sustained TFLOP/s one GPU is assumed to reach: `harness plan`'s GPU-hours
     srun_args: [--mpi=pmix]   # extra srun arguments, one word each
     setup:
       modules: [cuda/12.4]    # → module load 'cuda/12.4'
@@ -101,6 +102,7 @@ class Profile:
     max_array_size: int | None = None
     python: tuple[str, ...] | None = None
     srun_args: tuple[str, ...] = ()
+    gpu_tflops: float | None = None
     setup: Setup = field(default_factory=Setup)
 
     def sbatch_parameters(self, job_name: str) -> dict[str, Any]:
@@ -227,7 +229,7 @@ KEYS: dict[str, Callable[[str, str, Any], Any]] = {
     "gpus_per_node": _int(0, 64), "tasks_per_node": _int(1, 256), "cpus_per_task": _int(1, 1024),
     "mem_gb": _positive_number, "time_min": _int(1), "signal_delay_s": _int(0, 65535),
     "max_requeues": _int(0, 100), "array_parallelism": _int(1), "max_array_size": _int(1),
-    "python": _words, "srun_args": _words, "setup": _setup,
+    "python": _words, "srun_args": _words, "setup": _setup, "gpu_tflops": _positive_number,
 }
 
 

@@ -154,12 +154,22 @@ def group_rows(rows: list[dict[str, Any]], profile: Profile) -> dict[tuple[Any, 
 
 def submit(grid_path: str | Path, profile: str | None = None, jobs: str | Path = "jobs",
            results: str | Path | None = None, dry_run: bool = False, resume: bool = False,
-           out: Callable[[str], None] = print, states: dict[str, str] | None = None) -> list[str]:
-    """Plan, select the unfinished rows, submit them as arrays; return the job ids."""
+           out: Callable[[str], None] = print, states: dict[str, str] | None = None,
+           assets: str | None = None) -> list[str]:
+    """Check the assets, plan, select the unfinished rows, submit them as arrays; return the job ids.
+
+    A missing or changed asset stops it before anything is written or submitted (exit 2)."""
+    from ..catalog import assets_dir, needs, problems, require
     from ..grid import load_grid
     from ..plan import load_plan, make_plan, write_plan
 
     grid = load_grid(grid_path)
+    root = assets_dir(assets, grid.assets)
+    if dry_run:
+        for line in problems(needs(grid.cells), root):
+            out(f"# asset problem (a real submission stops here): {line}")
+    else:
+        require(needs(grid.cells), root)
     jobs_sweep = Path(jobs).absolute() / grid.sweep
     submissions = read_submissions(jobs_sweep)
     last = submissions[-1] if submissions else {}
@@ -167,14 +177,14 @@ def submit(grid_path: str | Path, profile: str | None = None, jobs: str | Path =
     prof.check_arch(python_given=prof.python is not None)
     results_root = Path(results or last.get("results") or "results").absolute()
     plan_path = jobs_sweep / "plan.parquet"
-    plan = make_plan(grid)
+    plan = make_plan(grid, root)
     sel = select_rows(plan.to_dict("records"), results_root, submissions, resume, states)
     if not dry_run:
         if sel.active and plan_path.is_file() and not load_plan(plan_path).equals(plan):
             raise UsageError(f"{plan_path}: the grid now gives another plan, but {len(sel.active)} rows of "
                              "the old one are queued or running (they read the plan when they start); "
                              "wait for them or scancel them, then submit again")
-        write_plan(grid, jobs_sweep.parent)
+        write_plan(grid, jobs_sweep.parent, assets=root)
     out(f"plan: {plan_path}{' (not written: dry run)' if dry_run else ''}")
     out(f"profile: {prof.name} ({prof.path})")
     out(f"results: {results_root}")

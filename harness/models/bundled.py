@@ -1,7 +1,6 @@
 """Load the bundled digits models from safetensors, checking their sha256 first."""
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -9,17 +8,14 @@ from typing import Any
 from torch import nn
 
 from ..errors import AssetError
+from ..fsutil import file_digest
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 MANIFEST = ASSETS / "MANIFEST.json"
 
 
 def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return file_digest(path, "sha256")
 
 
 def verified_state_dict(path: Path, expected_sha256: str) -> dict[str, Any]:

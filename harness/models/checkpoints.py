@@ -63,19 +63,25 @@ def load_checkpoint(path: str | Path, expected_sha256: str | None = None) -> dic
             obj: Any = load_file(str(path), device="cpu")
         except Exception as e:  # noqa: BLE001 - any parse failure is a bad asset
             raise AssetError(f"{path}: not a readable safetensors file ({e})") from e
-    elif suffix in (".pt", ".pth"):
+    elif suffix in (".pt", ".pth", ".bin"):
         try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+            try:  # memory-mapped: a 2 GB backbone is not read twice into memory
+                obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError as e:
+                if "mmap" not in str(e):
+                    raise
+                obj = torch.load(path, map_location="cpu", weights_only=True)  # legacy format
         except Exception as e:  # noqa: BLE001 - UnpicklingError for refused globals, or corrupt
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise AssetError(f"{path}: refused: not a plain tensor checkpoint (loaded with "
                              f"weights_only=True; arbitrary objects are never unpickled): {first}") from e
     else:
-        raise AssetError(f"{path}: unknown checkpoint type {suffix!r} (want .safetensors, .pt or .pth)")
+        raise AssetError(f"{path}: unknown checkpoint type {suffix!r} (want .safetensors, .pt, .pth or .bin)")
     return _unwrap(obj, path)
 
 
-def _target(model: nn.Module) -> nn.Module:
+def target_module(model: nn.Module) -> nn.Module:
+    """The module whose state dict a checkpoint holds (the network inside a Normalized wrapper)."""
     from .resnet import Normalized
 
     return model.net if isinstance(model, Normalized) else model
@@ -86,20 +92,28 @@ def _few(keys: list[str]) -> str:
     return ", ".join(keys[:_SHOW]) + more
 
 
+def fit_problems(own: dict[str, tuple[int, ...]], given: dict[str, tuple[int, ...]]) -> str | None:
+    """How a checkpoint's {key: shape} fails to fit a model's, or None when it fits exactly."""
+    missing = [k for k in own if k not in given]
+    unexpected = [k for k in given if k not in own]
+    shapes = [f"{k} {given[k]} vs {own[k]}" for k in own if k in given and given[k] != own[k]]
+    parts = [f"{label} {len(keys)}: {_few(keys)}"
+             for label, keys in (("missing", missing), ("unexpected", unexpected),
+                                 ("wrong shape (checkpoint vs model)", shapes)) if keys]
+    return "; ".join(parts) or None
+
+
+def shapes_of(state: dict[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
+    return {k: tuple(v.shape) for k, v in state.items()}
+
+
 def load_into(model: nn.Module, state_dict: dict[str, torch.Tensor], name: str = "checkpoint") -> nn.Module:
     """Strictly load `state_dict` into `model` (into `.net` for a `Normalized` wrapper).
 
     Refuses with AssetError listing the first few missing, unexpected and wrong-shaped keys."""
-    target = _target(model)
-    own = target.state_dict()
-    missing = [k for k in own if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in own]
-    shapes = [f"{k} {tuple(state_dict[k].shape)} vs {tuple(own[k].shape)}"
-              for k in own if k in state_dict and tuple(state_dict[k].shape) != tuple(own[k].shape)]
-    if missing or unexpected or shapes:
-        parts = [f"{label} {len(keys)}: {_few(keys)}"
-                 for label, keys in (("missing", missing), ("unexpected", unexpected),
-                                     ("wrong shape (checkpoint vs model)", shapes)) if keys]
-        raise AssetError(f"{name} does not fit {type(target).__name__}: " + "; ".join(parts))
+    target = target_module(model)
+    problem = fit_problems(shapes_of(target.state_dict()), shapes_of(state_dict))
+    if problem:
+        raise AssetError(f"{name} does not fit {type(target).__name__}: {problem}")
     target.load_state_dict(state_dict, strict=True)
     return model

@@ -1,4 +1,4 @@
-"""The google/ddpm-cifar10-32 noise predictor's architecture (diffusers UNet2DModel).
+"""The google/ddpm-cifar10-32 and google/ddpm-celebahq-256 noise predictors' architectures (diffusers UNet2DModel).
 
 35,746,307 parameters: block_out_channels (128, 256, 256, 256), two ResNet layers per block,
 self-attention in the second down block (16×16) and the matching up block, DDPM linear betas
@@ -38,3 +38,21 @@ def ddpm_cifar10_unet() -> nn.Module:
     from diffusers import UNet2DModel
 
     return UNet2DModel(**DDPM_CIFAR10_CONFIG)
+
+
+# google/ddpm-celebahq-256: the same blocks at 256×256, six levels, attention at 16×16 only;
+# 113,673,219 parameters.
+DDPM_CELEBAHQ_CONFIG: dict[str, Any] = dict(
+    DDPM_CIFAR10_CONFIG,
+    sample_size=256,
+    block_out_channels=(128, 128, 256, 256, 512, 512),
+    down_block_types=("DownBlock2D",) * 4 + ("AttnDownBlock2D", "DownBlock2D"),
+    up_block_types=("UpBlock2D", "AttnUpBlock2D") + ("UpBlock2D",) * 4,
+)
+
+
+def ddpm_celebahq_unet() -> nn.Module:
+    """An untrained UNet2DModel with google/ddpm-celebahq-256's configuration."""
+    from diffusers import UNet2DModel
+
+    return UNet2DModel(**DDPM_CELEBAHQ_CONFIG)

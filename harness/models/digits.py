@@ -51,4 +51,5 @@ class UNetEps(nn.Module):
         self.unet = unet
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return self.unet(x_t, t).sample
+        # A learned-variance UNet also outputs variance channels; the sampler uses ε only.
+        return self.unet(x_t, t).sample[:, : x_t.shape[1]]

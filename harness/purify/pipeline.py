@@ -144,15 +144,16 @@ def _clamp01(x: torch.Tensor) -> torch.Tensor:
     return x.clamp(0, 1)
 
 
-def build(name: str, params: dict[str, Any], device: torch.device | str = "cpu") -> Purifier:
-    """The purifier a cell names, with its bundled or local denoiser loaded on device."""
+def build(name: str, params: dict[str, Any], device: torch.device | str = "cpu",
+          eps_fn: EpsFn | None = None) -> Purifier:
+    """The purifier a cell names on device; a diffusion purifier uses `eps_fn`, else the
+    bundled denoiser its `denoiser` parameter names."""
     config = PurifierConfig.from_plugin(name, params)
-    eps_fn = None
-    if config.rounds:
+    if config.rounds and eps_fn is None:
         from ..models.bundled import load_denoiser
 
         eps_fn = load_denoiser(config.denoiser or "digits-ddpm").to(device)
-    return Purifier(config, eps_fn).to(device)
+    return Purifier(config, eps_fn if config.rounds else None).to(device)
 
 
 class Defended(nn.Module):
