@@ -36,8 +36,9 @@ def tiny_grid(tmp_path: Path) -> Path:
     return p
 
 
-def harness(*args: str, cwd: Path, timeout: float = 300, **kw) -> subprocess.CompletedProcess:
+def harness(*args: str, cwd: Path, timeout: float = 300, env: dict[str, str] | None = None,
+            **kw) -> subprocess.CompletedProcess:
     """Run the real console entry point in a child process (bounded in time)."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {**(env if env is not None else os.environ), "PYTHONUNBUFFERED": "1"}
     return subprocess.run([sys.executable, "-m", "harness.cli", *args], cwd=cwd, capture_output=True,
                           text=True, timeout=timeout, env=env, **kw)

@@ -1,0 +1,225 @@
+"""`harness stage` and the asset checks of plan/run/submit, on a tiny asset directory built in
+the real on-disk formats: a CIFAR-10 test_batch pickle, a RobustBench-wrapped WRN-28-10 `.pt`
+and a diffusers UNet2DModel folder, catalogued by a site catalogue ($HARNESS_CATALOG)."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from conftest import ROOT, harness
+from harness.catalog import LOCK, load_catalog
+from harness.errors import AssetError
+from harness.fsutil import file_digest
+from harness.models.denoisers import load_denoiser
+from harness.models.wideresnet import wrn, wrn_28_10
+from test_datasets import write_cifar
+
+TINY_UNET = dict(sample_size=32, in_channels=3, out_channels=3, layers_per_block=1,
+                 block_out_channels=(16, 32), down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+                 up_block_types=("AttnUpBlock2D", "UpBlock2D"), norm_num_groups=8)
+
+
+def tiny_unet_folder(folder: Path, seed: int = 0) -> int:
+    from diffusers import UNet2DModel
+
+    torch.manual_seed(seed)
+    unet = UNet2DModel(**TINY_UNET)
+    unet.save_pretrained(str(folder), safe_serialization=True)
+    return sum(p.numel() for p in unet.parameters())
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """An asset directory and the site catalogue describing it (built once: the WRN is 146 MB)."""
+    base = tmp_path_factory.mktemp("site")
+    root = base / "assets"
+    batch = root / "cifar10" / "cifar-10-batches-py" / "test_batch"
+    write_cifar(batch, 8, {"labels": [3, 1, 4, 1, 5, 9, 2, 6]}, 0, 4)
+    torch.manual_seed(0)
+    net = wrn_28_10()
+    (root / "models").mkdir(parents=True)
+    torch.save({"state_dict": {"module." + k: v for k, v in net.net.state_dict().items()}},
+               root / "models" / "wrn.pt")
+    unet_params = tiny_unet_folder(root / "models" / "tiny-ddpm")
+    real = yaml.safe_load((ROOT / "harness" / "assets" / "catalog.yaml").read_text())
+    catalog = {
+        "architectures": {
+            "wrn-28-10": real["architectures"]["wrn-28-10"],
+            "tiny-ddpm": {"build": "harness.models.digits:make_unet", "params": unet_params,
+                          "input": [3, 32, 32], "gflops": 0.01, "denoiser": True},
+        },
+        "assets": {
+            "cifar10": {"kind": "dataset", "path": "cifar10", "published": "the fixture",
+                        "files": {"cifar-10-batches-py/test_batch": {"md5": file_digest(batch, "md5")}}},
+            "clf": {"kind": "classifier", "arch": "wrn-28-10", "path": "models/wrn.pt",
+                    "published": "https://example.invalid/wrn.pt"},
+            "den": {"kind": "denoiser", "arch": "tiny-ddpm", "format": "diffusers",
+                    "path": "models/tiny-ddpm", "published": "https://example.invalid/tiny-ddpm"},
+        },
+    }
+    cat_path = base / "site-catalog.yaml"
+    cat_path.write_text(yaml.safe_dump(catalog))
+    grid = base / "site.yaml"
+    grid.write_text(f"""\
+sweep: site
+assets: {root}
+dataset: {{name: cifar10, params: {{root: "asset:cifar10"}}}}
+classifier: {{name: wrn-28-10, params: {{path: "asset:clf"}}}}
+purifier:
+  - none
+  - {{name: lorid, params: {{denoiser: "asset:den", t_s: 3, loops: 2}}}}
+attack:
+  - none
+  - {{name: pgd, params: {{norm: linf, eps: 0.03, steps: 1, step_size: 0.03, eot: 1}}}}
+examples: 4
+batch_size: 4
+shard_size: 4
+""")
+    return {"base": base, "root": root, "catalog": cat_path, "grid": grid, "net": net,
+            "env": {**os.environ, "HARNESS_CATALOG": str(cat_path), "OMP_NUM_THREADS": "1"}}
+
+
+def test_stage_verifies_and_records(site: dict) -> None:
+    r = harness("stage", str(site["root"]), cwd=site["base"], env=site["env"])
+    assert r.returncode == 0, r.stderr
+    lines = {ln.split()[1]: ln for ln in r.stdout.splitlines() if ln.split()[:1] in (["ok"], ["bad"], ["missing"])}
+    assert lines["cifar10"].startswith("ok") and lines["den"].startswith("ok")
+    assert lines["clf"].startswith("ok") and "36,479,194 parameters, unpinned: sha256 recorded" in lines["clf"]
+    lock = json.loads((site["root"] / LOCK).read_text())
+    wrn_file = site["root"] / "models" / "wrn.pt"
+    assert lock["clf"]["files"][""]["sha256"] == file_digest(wrn_file)
+    assert lock["clf"]["files"][""]["size"] == wrn_file.stat().st_size
+    assert set(lock["den"]["files"]) == {"config.json", "diffusion_pytorch_model.safetensors"}
+
+
+def test_run_resolves_assets_and_refuses_a_changed_one(site: dict, tmp_path: Path) -> None:
+    env = site["env"]
+    assert harness("stage", str(site["root"]), cwd=site["base"], env=env).returncode == 0
+    r = harness("run", "--grid", str(site["grid"]), "--jobs", str(tmp_path / "jobs"),
+                "--results", str(tmp_path / "results"), cwd=tmp_path, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    parts = list((tmp_path / "results" / "site").rglob("rank-*-part-*.parquet"))
+    df = pd.concat([pd.read_parquet(p) for p in parts])
+    assert len(df) == 4 * 4  # 2 purifiers × 2 attacks × 4 examples, one evaluation run
+    assert sorted(df["example"].unique()) == [0, 1, 2, 3]
+    plan = pd.read_parquet(tmp_path / "jobs" / "site" / "plan.parquet")
+    assert set(plan["assets_dir"]) == {str(site["root"])}
+    # The checkpoint changes after staging: run and submit stop before writing anything.
+    wrn_file = site["root"] / "models" / "wrn.pt"
+    before = wrn_file.read_bytes()
+    try:
+        wrn_file.write_bytes(before + b"\0")
+        for cmd in (("run", "--results", str(tmp_path / "results2")), ("submit", "--profile", "local")):
+            r = harness(*cmd, "--grid", str(site["grid"]), "--jobs", str(tmp_path / "jobs2"),
+                        cwd=tmp_path, env=env)
+            assert r.returncode == 2, r.stderr
+            assert "asset:clf: changed since `harness stage` verified it" in r.stderr
+            assert not (tmp_path / "jobs2").exists() and not (tmp_path / "results2").exists()
+    finally:
+        wrn_file.write_bytes(before)
+        harness("stage", str(site["root"]), cwd=site["base"], env=env)
+
+
+def test_worker_refuses_a_replaced_unpinned_checkpoint(site: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Same size and mtime, other bytes: only the sha256 recorded at stage time can tell."""
+    from harness import registry
+    from harness.catalog import resolve_params
+
+    monkeypatch.setenv("HARNESS_CATALOG", str(site["catalog"]))
+    assert harness("stage", str(site["root"]), cwd=site["base"], env=site["env"]).returncode == 0
+    wrn_file = site["root"] / "models" / "wrn.pt"
+    before, st = wrn_file.read_bytes(), wrn_file.stat()
+    try:
+        torch.manual_seed(1)
+        other = wrn_28_10()
+        torch.save({"state_dict": {"module." + k: v for k, v in other.net.state_dict().items()}}, wrn_file)
+        assert wrn_file.stat().st_size == st.st_size
+        os.utime(wrn_file, ns=(st.st_atime_ns, st.st_mtime_ns))
+        spec = registry.get("classifier", "wrn-28-10")
+        params = resolve_params(spec, {"path": "asset:clf", "sha256": "", "classes": 10}, site["root"])
+        assert params["path"] == str(wrn_file) and len(params["sha256"]) == 64
+        with pytest.raises(AssetError, match="sha256 mismatch"):
+            spec.load()(params)
+    finally:
+        wrn_file.write_bytes(before)
+        os.utime(wrn_file, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def test_stage_reports_bad_and_missing(site: dict, tmp_path: Path) -> None:
+    env = site["env"]
+    root = tmp_path / "assets"
+    batch = root / "cifar10" / "cifar-10-batches-py" / "test_batch"
+    write_cifar(batch, 8, {"labels": [0] * 8}, 1, 4)  # another file than the catalogued one
+    (root / "models").mkdir()
+    torch.save(wrn(16, 4).net.state_dict(), root / "models" / "wrn.pt")  # wrong architecture
+    r = harness("stage", str(root), cwd=tmp_path, env=env)
+    assert r.returncode == 2
+    out = {ln.split()[1]: ln for ln in r.stdout.splitlines() if ln.split()[:1] in (["ok"], ["bad"], ["missing"])}
+    assert out["cifar10"].startswith("bad") and "md5 is not the published" in out["cifar10"]
+    assert out["clf"].startswith("bad") and "does not fit wrn-28-10" in out["clf"] and "missing" in out["clf"]
+    assert out["den"].startswith("missing") and "published: https://example.invalid/tiny-ddpm" in out["den"]
+    lock = json.loads((root / LOCK).read_text())
+    assert lock["clf"]["status"] == "bad" and "den" not in lock
+    # a grid that needs the bad asset is refused at plan time, naming it
+    r = harness("plan", "--grid", str(site["grid"]), "--assets", str(root), "--check-assets",
+                "--jobs", str(tmp_path / "jobs"), cwd=tmp_path, env=env)
+    assert r.returncode == 2 and "asset:clf: `harness stage` found it bad" in r.stderr
+    assert "asset:den: missing" in r.stderr and not (tmp_path / "jobs").exists()
+
+
+def test_stage_never_touches_the_network(site: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    from harness.staging import stage
+
+    def refuse(*a, **k):
+        raise AssertionError("network access attempted")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    monkeypatch.setenv("HARNESS_CATALOG", str(site["catalog"]))
+    lines: list[str] = []
+    results = stage(site["root"], out=lines.append)
+    assert [r.status for r in results] == ["ok", "ok", "ok"], lines
+
+
+def test_local_diffusers_folder_denoiser(tmp_path: Path) -> None:
+    folder = tmp_path / "unet"
+    tiny_unet_folder(folder)
+    eps = load_denoiser(str(folder), tmp_path)
+    x = torch.randn(2, 3, 32, 32)
+    out = eps(x, torch.tensor([5, 5]))
+    assert out.shape == x.shape and torch.isfinite(out).all()
+    assert not any(p.requires_grad for p in eps.parameters())
+    (folder / "scheduler_config.json").write_text(json.dumps({"beta_schedule": "squaredcos_cap_v2",
+                                                              "num_train_timesteps": 1000}))
+    with pytest.raises(AssetError, match="squaredcos_cap_v2"):
+        load_denoiser(str(folder), tmp_path)
+    (tmp_path / "other.pt").write_bytes(b"x")
+    with pytest.raises(AssetError, match="diffusers UNet2DModel folder"):
+        load_denoiser(str(tmp_path / "other.pt"), tmp_path)
+
+
+@pytest.mark.parametrize("name", ["cifar10", "cifar100", "celebahq", "imagenet"])
+def test_paper_grid_plans_and_submit_names_missing_assets(name: str, tmp_path: Path) -> None:
+    grid = ROOT / "grids" / f"{name}.yaml"
+    empty = tmp_path / "no-assets"
+    empty.mkdir()
+    r = harness("plan", "--grid", str(grid), "--assets", str(empty), "--jobs", str(tmp_path / "jobs"), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "GPU-hours" in r.stdout and "gh200" in r.stdout
+    total = next(ln for ln in r.stdout.splitlines() if ln.startswith("all "))
+    assert float(total.split()[-1].replace(",", "")) > 0
+    expected = sorted(n for n in load_catalog().assets if f'"asset:{n}"' in grid.read_text())
+    r = harness("submit", "--grid", str(grid), "--assets", str(empty), "--jobs", str(tmp_path / "jobs2"), cwd=tmp_path)
+    assert r.returncode == 2
+    named = sorted(ln.split(":")[1] for ln in r.stderr.splitlines() if ln.strip().startswith("asset:"))
+    assert named == expected and f"{len(expected)} asset problem(s)" in r.stderr
+    assert "published:" in r.stderr
+    assert not (tmp_path / "jobs2").exists()
