@@ -131,8 +131,12 @@ def cmd_stage(args: argparse.Namespace) -> int:
     if args.list:
         for name, a in cat.assets.items():
             arch = cat.archs.get(a.arch or "")
-            what = f"{arch.name} ({arch.params:,} parameters)" if arch else a.kind
-            print(f"{name:<30} {a.kind:<10} <assets>/{a.path}  {what}\n{'':<30} published: {a.published}")
+            what = f"{arch.name}, {arch.params:,} parameters" if arch else (
+                f"{len(a.files)} listed file(s)" if a.files else "") + (
+                f"{', ' if a.files else ''}{a.images['count']:,} images counted" if a.images else "")
+            what += ("; published checksum verified" if a.pinned else
+                     "; no published checksum: sha256 recorded by the first stage" if a.files or arch else "")
+            print(f"{name} ({a.kind}): <assets>/{a.path}\n    {what}\n    published: {a.published}")
         return 0
     if not args.dir:
         raise UsageError("harness stage: give the asset directory (or --list)")

@@ -50,6 +50,9 @@
 #                      it is shell code you wrote, run as is
 #   HARNESS_RESULTS    results directory (default: results/ beside the plan's jobs/ directory)
 #   HARNESS_JOBS       jobs directory for the grid form (default: jobs, relative to the submit dir)
+#   HARNESS_ASSETS     asset directory that `asset:<name>` grid values resolve against, for the grid
+#                      form (default: the grid's `assets:`, else ./assets); a plan written by
+#                      `harness plan --assets DIR` carries its own
 #   HARNESS_SRUN_ARGS  extra srun arguments, split on white space only (no globbing, no
 #                      expansion), e.g. "--mpi=pmix --cpu-bind=cores"
 #   HARNESS_MAX_REQUEUES  how many times the script requeues a task itself before the time limit

@@ -242,7 +242,10 @@ def plan_once(grid_path: str | Path, jobs: str | Path = "jobs") -> Path:
     from ..grid import load_grid
     from ..plan import write_plan
 
+    from ..catalog import assets_dir, needs, require
+
     grid = load_grid(grid_path)
+    require(needs(grid.cells), assets_dir(None, grid.assets))  # fail every task fast, by name
     out = Path(jobs) / grid.sweep
     out.mkdir(parents=True, exist_ok=True)
     with open(out / ".plan.lock", "w") as lock:
