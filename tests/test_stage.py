@@ -223,3 +223,35 @@ def test_paper_grid_plans_and_submit_names_missing_assets(name: str, tmp_path: P
     assert named == expected and f"{len(expected)} asset problem(s)" in r.stderr
     assert "published:" in r.stderr
     assert not (tmp_path / "jobs2").exists()
+
+
+def test_guided_diffusion_checkpoint_purifies(tmp_path: Path) -> None:
+    """A guided-diffusion checkpoint (tiny configuration, original key layout) loads through the
+    denoiser loader with its sha256 checked and drives a real purification round."""
+    from harness.models.bundled import sha256
+    from harness.models.denoisers import load_guided
+    from harness.models.guided_unet import GuidedUNetConfig, guided_unet
+    from harness.purify.pipeline import Purifier, PurifierConfig
+    from harness.rng import ExampleNoise
+
+    cfg = GuidedUNetConfig(image_size=16, num_channels=32, num_res_blocks=1, channel_mult=(1, 2),
+                           attention_resolutions=(8,), num_head_channels=8)
+    torch.manual_seed(0)
+    net = guided_unet(cfg)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.normal_(0, 0.05)
+    path = tmp_path / "guided.pt"
+    torch.save(net.state_dict(), path)
+    eps = load_guided(path, sha256(path), config=cfg)
+    x = torch.rand(2, 3, 16, 16)
+    out = eps(x * 2 - 1, torch.tensor([4, 4]))
+    assert out.shape == x.shape
+    assert torch.allclose(out, net(x * 2 - 1, torch.tensor([4, 4]))[:, :3])
+    purifier = Purifier(PurifierConfig(rounds=[4, 4]), eps)
+    with torch.no_grad():
+        y = purifier(x, ExampleNoise([1, 2]))
+    assert y.shape == x.shape and purifier.nfe == 8 and 0 <= float(y.min()) and float(y.max()) <= 1
+    assert not torch.equal(y, x)
+    with pytest.raises(AssetError, match="sha256"):
+        load_guided(path, "0" * 64, config=cfg)

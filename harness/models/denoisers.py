@@ -74,10 +74,12 @@ def load_diffusers(path: Path, sha256: str | None = None) -> nn.Module:
     return UNetEps(load_into(model, state, name=f"diffusers UNet ({folder})"))
 
 
-def load_guided(path: Path, sha256: str | None = None) -> nn.Module:
-    from .guided_unet import GuidedEps, guided_unet
+def load_guided(path: Path, sha256: str | None = None, config: Any = None) -> nn.Module:
+    """OpenAI's guided-diffusion UNet (default: the 256×256 unconditional configuration) with
+    the original checkpoint's state dict, as the purifier's ε̂ predictor."""
+    from .guided_unet import GUIDED_256_UNCOND, GuidedEps, guided_unet
 
-    model = guided_unet()
+    model = guided_unet(config or GUIDED_256_UNCOND)
     return GuidedEps(load_into(model, load_checkpoint(path, sha256), name=f"guided-diffusion ({path})"))
 
 
