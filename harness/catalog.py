@@ -231,7 +231,7 @@ def check_cells(cells: list[dict[str, Any]], file: str) -> None:
 
 
 def problems(needed: list[Need], root: Path) -> list[str]:
-    """Cheap checks for each needed asset: present, and unchanged since a verifying stage.
+    """Cheap checks for each needed asset: present, verified by `harness stage`, and unchanged since.
 
     One line per problem, naming the asset, where the grid uses it, the expected path and
     where it is published."""
@@ -253,7 +253,9 @@ def problems(needed: list[Need], root: Path) -> list[str]:
             continue
         entry = lock.get(name)
         if entry is None:
-            continue  # present but not staged: workers verify pinned checksums when loading
+            out.append(f"{need.value}: present but not verified yet: run `harness stage {root}` "
+                       "(checks checksums and architecture once, records the sha256)")
+            continue
         if entry.get("status") != "ok":
             out.append(f"{need.value}: `harness stage` found it bad: {entry.get('detail', '?')}")
             continue

@@ -255,3 +255,15 @@ def test_guided_diffusion_checkpoint_purifies(tmp_path: Path) -> None:
     assert not torch.equal(y, x)
     with pytest.raises(AssetError, match="sha256"):
         load_guided(path, "0" * 64, config=cfg)
+
+
+def test_present_but_unstaged_is_refused(site: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from harness.catalog import needs, problems
+    from harness.grid import load_grid
+
+    monkeypatch.setenv("HARNESS_CATALOG", str(site["catalog"]))
+    root = tmp_path / "assets"
+    write_cifar(root / "cifar10" / "cifar-10-batches-py" / "test_batch", 8, {"labels": [0] * 8}, 0, 4)
+    bad = problems(needs(load_grid(site["grid"]).cells), root)
+    assert bad[0].startswith("asset:cifar10: present but not verified yet: run `harness stage")
+    assert [b.split(":")[1] for b in bad[1:]] == ["clf", "den"] and all("missing" in b for b in bad[1:])
