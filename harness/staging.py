@@ -53,15 +53,26 @@ def _record(path: Path) -> dict[str, Any]:
     return {**file_stamp(path), "sha256": file_digest(path, "sha256")}
 
 
-def _check_fit(model: Any, weights: Path, arch: Arch) -> tuple[int, str | None]:
+def read_state(weights: Path, fmt: str) -> dict[str, Any]:
+    """The state dict a weights file holds, read the way its loader reads it (never unpickling objects)."""
+    if fmt == "score-sde":
+        from .models.score_sde import load_score_sde_checkpoint
+
+        return load_score_sde_checkpoint(weights)
+    from .models.checkpoints import load_checkpoint
+
+    return load_checkpoint(weights)
+
+
+def _check_fit(model: Any, weights: Path, arch: Arch, fmt: str) -> tuple[int, str | None]:
     """(parameter count, problem or None) for a weights file against an architecture."""
-    from .models.checkpoints import fit_problems, load_checkpoint, shapes_of, target_module
+    from .models.checkpoints import fit_problems, shapes_of, target_module
 
     n = count_params(model)
     if n != arch.params:
         return n, f"the architecture has {n:,} parameters, not the published {arch.params:,}"
     try:
-        state = load_checkpoint(weights)
+        state = read_state(weights, fmt)
     except AssetError as exc:
         return n, str(exc)
     problem = fit_problems(shapes_of(target_module(model).state_dict()), shapes_of(state))
@@ -124,7 +135,7 @@ def check_asset(asset: Asset, root: Path, catalog: Catalog) -> Result:
             bad = _checksums(asset, "", res.files[""], path)
             if bad:
                 return Result(asset.name, "bad", bad)
-        res.params, problem = _check_fit(model, weights, arch)
+        res.params, problem = _check_fit(model, weights, arch, asset.format)
         if problem:
             return Result(asset.name, "bad", problem, params=res.params)
         res.detail = f"{arch.name}, {res.params:,} parameters" + ("" if asset.pinned else

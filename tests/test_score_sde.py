@@ -277,3 +277,23 @@ def test_eps_wrapper_feeds_labels_999_t(tiny: torch.nn.Module) -> None:
         got = ScoreSdeEps(tiny)(x, torch.tensor([0, 499, 999]))
         want = tiny(x, torch.tensor([0.999, 499.5, 999.0]))
     assert torch.allclose(got, want, atol=1e-5)
+
+
+def test_denoiser_loader_purifies_with_the_ema_weights(tiny: torch.nn.Module, tmp_path: Path) -> None:
+    """The harness's loader (sha256 checked) gives the EMA model as the purifier's ε̂ predictor."""
+    from harness.models.bundled import sha256
+    from harness.models.denoisers import load_score_sde
+    from harness.purify.pipeline import Purifier, PurifierConfig
+    from harness.rng import ExampleNoise
+
+    path = tmp_path / "checkpoint_8.pth"
+    torch.save(_training_checkpoint(tiny), path)
+    eps = load_score_sde(path, sha256(path), config=TINY).eval()
+    x = torch.rand(2, 3, 8, 8)
+    k = torch.tensor([3, 3])
+    with torch.no_grad():
+        assert torch.allclose(eps(x, k), ScoreSdeEps(tiny)(x, k), atol=1e-6)  # EMA, not the raw +1 weights
+        y = Purifier(PurifierConfig(rounds=[3]), eps)(x, ExampleNoise([0, 1]))
+    assert y.shape == x.shape and torch.isfinite(y).all()
+    with pytest.raises(AssetError, match="sha256"):
+        load_score_sde(path, "0" * 64, config=TINY)

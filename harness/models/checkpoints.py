@@ -45,8 +45,9 @@ def _unwrap(obj: Any, path: Path) -> dict[str, torch.Tensor]:
     return out
 
 
-def load_checkpoint(path: str | Path, expected_sha256: str | None = None) -> dict[str, torch.Tensor]:
-    """A CPU state dict from a `.safetensors`, `.pt` or `.pth` file; AssetError if refused."""
+def read_checkpoint(path: str | Path, expected_sha256: str | None = None) -> Any:
+    """The object a `.safetensors`, `.pt`, `.pth` or `.bin` file holds, checksum first, never
+    unpickling anything but tensors and plain containers; AssetError if refused."""
     path = Path(path)
     if not path.is_file():
         raise AssetError(f"{path}: missing checkpoint")
@@ -60,24 +61,27 @@ def load_checkpoint(path: str | Path, expected_sha256: str | None = None) -> dic
         from safetensors.torch import load_file
 
         try:
-            obj: Any = load_file(str(path), device="cpu")
+            return load_file(str(path), device="cpu")
         except Exception as e:  # noqa: BLE001 - any parse failure is a bad asset
             raise AssetError(f"{path}: not a readable safetensors file ({e})") from e
-    elif suffix in (".pt", ".pth", ".bin"):
-        try:
-            try:  # memory-mapped: a 2 GB backbone is not read twice into memory
-                obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-            except RuntimeError as e:
-                if "mmap" not in str(e):
-                    raise
-                obj = torch.load(path, map_location="cpu", weights_only=True)  # legacy format
-        except Exception as e:  # noqa: BLE001 - UnpicklingError for refused globals, or corrupt
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise AssetError(f"{path}: refused: not a plain tensor checkpoint (loaded with "
-                             f"weights_only=True; arbitrary objects are never unpickled): {first}") from e
-    else:
+    if suffix not in (".pt", ".pth", ".bin"):
         raise AssetError(f"{path}: unknown checkpoint type {suffix!r} (want .safetensors, .pt, .pth or .bin)")
-    return _unwrap(obj, path)
+    try:
+        try:  # memory-mapped: a 2 GB backbone is not read twice into memory
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as e:
+            if "mmap" not in str(e):
+                raise
+            return torch.load(path, map_location="cpu", weights_only=True)  # legacy format
+    except Exception as e:  # noqa: BLE001 - UnpicklingError for refused globals, or corrupt
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise AssetError(f"{path}: refused: not a plain tensor checkpoint (loaded with "
+                         f"weights_only=True; arbitrary objects are never unpickled): {first}") from e
+
+
+def load_checkpoint(path: str | Path, expected_sha256: str | None = None) -> dict[str, torch.Tensor]:
+    """A CPU state dict from a checkpoint file (RobustBench wrappers and `module.` undone)."""
+    return _unwrap(read_checkpoint(path, expected_sha256), Path(path))
 
 
 def target_module(model: nn.Module) -> nn.Module:

@@ -1,5 +1,6 @@
 """Noise predictors for the purifier: the bundled digits DDPM, any local diffusers UNet2DModel
-folder, and catalogued backbones (OpenAI's guided-diffusion 256 unconditional model).
+folder, and catalogued backbones (OpenAI's guided-diffusion 256 unconditional model, DiffPure's
+Score-SDE CIFAR-10 model).
 
 Every backbone becomes the purifier's call (x_t in [-1,1], integer t) → ε̂. The purifier's
 schedule is DDPM's linear β from 1e-4 to 0.02 over T=1000, which all of these were trained
@@ -83,6 +84,15 @@ def load_guided(path: Path, sha256: str | None = None, config: Any = None) -> nn
     return GuidedEps(load_into(model, load_checkpoint(path, sha256), name=f"guided-diffusion ({path})"))
 
 
+def load_score_sde(path: Path, sha256: str | None = None, config: Any = None) -> nn.Module:
+    """DiffPure's CIFAR-10 Score-SDE model (DDPM++ deep, continuous VP), EMA weights, as ε̂."""
+    from .score_sde import SCORE_SDE_CIFAR10, ScoreSdeEps, load_score_sde_checkpoint, score_sde_cifar10
+
+    state = load_score_sde_checkpoint(path, sha256)
+    model = score_sde_cifar10(config=config or SCORE_SDE_CIFAR10)
+    return ScoreSdeEps(load_into(model, state, name=f"score-sde ({path})"))
+
+
 def load_denoiser(value: str, root: Path) -> nn.Module:
     """The noise predictor a purifier's `denoiser` parameter names, in eval mode, frozen."""
     if value in BUNDLED_DENOISERS:
@@ -97,6 +107,8 @@ def load_denoiser(value: str, root: Path) -> nn.Module:
         if asset.format == "diffusers":
             rel = str(weights_file(unet_folder(path)).relative_to(path))
             model = load_diffusers(path, expected_sha256(value, root, rel))
+        elif asset.format == "score-sde":
+            model = load_score_sde(path, expected_sha256(value, root))
         elif asset.arch == "guided-256-uncond":
             model = load_guided(path, expected_sha256(value, root))
         else:

@@ -376,23 +376,10 @@ def load_score_sde_checkpoint(path: str | Path, expected_sha256: str | None = No
     weights_only accepts; a file holding anything else is refused with AssetError.
     `checkpoints.load_checkpoint` cannot read it itself: its entries are dicts, not tensors.
     """
-    from .bundled import sha256
+    from .checkpoints import read_checkpoint
 
     path = Path(path)
-    if not path.is_file():
-        raise AssetError(f"{path}: missing checkpoint")
-    if expected_sha256 is not None and sha256(path).lower() != expected_sha256.strip().lower():
-        raise AssetError(f"{path}: sha256 mismatch; the file is corrupt or was replaced")
-    try:
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError as e:
-            if "mmap" not in str(e):
-                raise
-            obj = torch.load(path, map_location="cpu", weights_only=True)  # legacy (pre-zip) format
-    except Exception as e:  # noqa: BLE001 - refused globals or a corrupt file
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise AssetError(f"{path}: refused: not a plain tensor checkpoint (weights_only=True): {first}") from e
+    obj = read_checkpoint(path, expected_sha256)
     try:
         return score_sde_state_dict(obj, ema=ema)
     except AssetError as e:
