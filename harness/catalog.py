@@ -166,18 +166,17 @@ def file_stamp(path: Path) -> dict[str, int]:
 
 
 def locked_sha256(value: str, root: Path, relative: str | None = None) -> str | None:
-    """The sha256 `harness stage` verified for this asset's file (or one file of a folder
-    asset), provided the file is unchanged since; None when unstaged or changed."""
+    """The sha256 `harness stage` recorded for this asset's file (or one file of a folder
+    asset), None when it was never staged. A loader holds the file to it whatever its mtime:
+    changed bytes are refused even when the change came after the submission's checks."""
     if not is_ref(value):
         return None
-    entry = read_lock(root).get(ref_name(value), {})
-    asset = load_catalog().assets[ref_name(value)]
-    rel = relative if relative is not None else ""
-    rec = entry.get("files", {}).get(rel)
-    path = root / asset.path / rel if rel else root / asset.path
-    if not rec or not path.is_file() or file_stamp(path) != {k: rec[k] for k in ("size", "mtime_ns")}:
+    entry = read_lock(root).get(ref_name(value))
+    if entry is None:
         return None
-    return rec.get("sha256")
+    if entry.get("status") != "ok":
+        raise AssetError(f"{value}: `harness stage` found it bad: {entry.get('detail', '?')}")
+    return entry.get("files", {}).get(relative or "", {}).get("sha256")
 
 
 # ---------------------------------------------------------------- what a grid needs
