@@ -267,3 +267,29 @@ def test_present_but_unstaged_is_refused(site: dict, tmp_path: Path, monkeypatch
     bad = problems(needs(load_grid(site["grid"]).cells), root)
     assert bad[0].startswith("asset:cifar10: present but not verified yet: run `harness stage")
     assert [b.split(":")[1] for b in bad[1:]] == ["clf", "den"] and all("missing" in b for b in bad[1:])
+
+
+def test_google_ddpm_cifar10_folder_as_published(tmp_path: Path) -> None:
+    """google/ddpm-cifar10-32's folder (config.json, scheduler_config.json and weights as the hub
+    publishes them) loads strictly into a 35,746,307-parameter noise predictor."""
+    from safetensors.torch import save_file
+
+    from harness.models.ddpm_cifar10 import DDPM_CIFAR10_CONFIG, ddpm_cifar10_unet
+
+    folder = tmp_path / "ddpm-cifar10-32"
+    folder.mkdir()
+    config = {"_class_name": "UNet2DModel", "_diffusers_version": "0.0.4",
+              **{k: list(v) if isinstance(v, tuple) else v for k, v in DDPM_CIFAR10_CONFIG.items()}}
+    (folder / "config.json").write_text(json.dumps(config))
+    (folder / "scheduler_config.json").write_text(json.dumps(
+        {"_class_name": "DDPMScheduler", "beta_end": 0.02, "beta_schedule": "linear", "beta_start": 0.0001,
+         "clip_sample": True, "num_train_timesteps": 1000, "trained_betas": None, "variance_type": "fixed_small"}))
+    torch.manual_seed(0)
+    unet = ddpm_cifar10_unet().eval()
+    save_file({k: v.contiguous() for k, v in unet.state_dict().items()},
+              str(folder / "diffusion_pytorch_model.safetensors"))
+    eps = load_denoiser(str(folder), tmp_path)
+    assert sum(p.numel() for p in eps.parameters()) == 35_746_307
+    x, t = torch.randn(1, 3, 32, 32), torch.tensor([10])
+    with torch.no_grad():
+        assert torch.equal(eps(x, t), unet(x, t).sample)
