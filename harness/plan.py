@@ -193,7 +193,7 @@ def human(n: float) -> str:
     for div, unit in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
         if abs(n) >= div:
             return f"{n / div:.1f} {unit}"
-    return f"{n:.0f}"
+    return f"{n:.0f}" if n == int(n) or abs(n) >= 100 else f"{n:.2g}"  # 0.043, not 0
 
 
 def summary(plan_df: pd.DataFrame) -> str:
