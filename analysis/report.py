@@ -46,6 +46,12 @@ def describe(df: pd.DataFrame, summary: pd.DataFrame, results_path: str | os.Pat
         f"provenance: harness {_distinct(df, 'harness_version')}; git {_distinct(df, 'git_rev')}; "
         f"torch {_distinct(df, 'torch_version')}; device {_distinct(df, 'device')}",
     ]
+    if "assets" in df.columns:  # a checkpoint or data file replaced (and re-staged) mid-sweep
+        mixed = sorted(c for c, v in df.dropna(subset=["assets"]).groupby("cell")["assets"] if v.nunique() > 1)
+        if mixed:
+            lines.append(f"WARNING: {len(mixed)} cell(s) mix rows computed from different asset files "
+                         f"(sha256 in the `assets` column): {', '.join(mixed[:5])}"
+                         + (" ..." if len(mixed) > 5 else ""))
     return "\n".join(lines)
 
 

@@ -8,8 +8,10 @@ directory changes no cell hash. The asset directory comes from `--assets`, the g
 
 `harness stage` (harness.staging) verifies the heavy things once — checksums, architecture,
 parameter count — and records what it verified in <asset dir>/harness-assets.lock.json.
-The checks here are the cheap ones every submission can afford: present, and unchanged
-(size and mtime) since a stage that verified it.
+Every catalogued asset must have been verified so before it is used. The checks here are
+the cheap ones every submission can afford: present, verified, and unchanged (size and
+mtime) since. The plan carries the sha256 each file had when it was planned, the workers
+hold the files to it, and every result row records it.
 """
 from __future__ import annotations
 
@@ -60,6 +62,7 @@ class Asset:
     md5: str | None = None
     sha256: str | None = None
     sha256_prefix: str | None = None
+    plugin: str | None = None  # a data set asset: the dataset plugin that reads its layout
 
     @property
     def pinned(self) -> bool:
@@ -77,19 +80,31 @@ class Catalog:
         return sorted(n for n, a in self.assets.items() if a.kind == kind)
 
 
-def load_catalog(path: str | Path | None = None) -> Catalog:
-    """The catalogue: `path`, else $HARNESS_CATALOG (a site's own, same format), else the bundled one."""
-    return _load_catalog(Path(path or os.environ.get(CATALOG_ENV) or CATALOG).absolute())
+def load_catalog() -> Catalog:
+    """The bundled catalogue, with a site's own ($HARNESS_CATALOG, same format) merged over it:
+    the site's architectures and assets are added, or replace bundled ones of the same name."""
+    site = os.environ.get(CATALOG_ENV)
+    return _load_catalog(CATALOG, Path(site).absolute() if site else None)
 
 
 @lru_cache(maxsize=None)
-def _load_catalog(path: Path) -> Catalog:
+def _load_catalog(bundled: Path, site: Path | None) -> Catalog:
+    merged: dict[str, dict[str, Any]] = {"architectures": {}, "assets": {}}
+    for path in (bundled, site):
+        if path is None:
+            continue
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+            for section in merged:
+                merged[section].update(raw.get(section) or {})
+        except (OSError, yaml.YAMLError, AttributeError) as exc:
+            raise UsageError(f"{path}: not a readable asset catalogue ({' '.join(str(exc).split())})") from None
     try:
-        raw = yaml.safe_load(path.read_text())
-        return _parse(raw)
-    except (OSError, yaml.YAMLError, KeyError, TypeError, ValueError, AttributeError) as exc:
+        return _parse(merged)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
         what = f"missing key {exc}" if isinstance(exc, KeyError) else " ".join(str(exc).split())
-        raise UsageError(f"{path}: not a valid asset catalogue ({what})") from None
+        where = f"{bundled}" + (f" merged with {site}" if site else "")
+        raise UsageError(f"{where}: not a valid asset catalogue ({what})") from None
 
 
 def _parse(raw: dict[str, Any]) -> Catalog:
@@ -110,7 +125,7 @@ def _parse(raw: dict[str, Any]) -> Catalog:
         assets[n] = Asset(name=n, kind=a["kind"], path=a["path"], published=a["published"],
                           arch=a.get("arch"), format=fmt, files=dict(a.get("files", {}) or {}),
                           images=a.get("images"), md5=a.get("md5"), sha256=a.get("sha256"),
-                          sha256_prefix=a.get("sha256_prefix"))
+                          sha256_prefix=a.get("sha256_prefix"), plugin=a.get("plugin"))
     return Catalog(archs, assets)
 
 
@@ -136,9 +151,9 @@ def check_ref(value: Any, kind: str, file: str, key: str) -> None:
         return
     cat = load_catalog()
     name = ref_name(value)
-    allowed = ", ".join(PREFIX + n for n in cat.of_kind(kind))
+    allowed = ", ".join(PREFIX + n for n in cat.of_kind(kind)) or f"(no {kind} is catalogued)"
     if name not in cat.assets or cat.assets[name].kind != kind:
-        raise GridError(file, key, f"{value!r} is not a catalogued {kind}; allowed: {allowed}, "
+        raise GridError(file, key, f"{value!r} is not a catalogued {kind}; allowed: {allowed}; "
                                    "or a local path")
 
 
@@ -165,18 +180,32 @@ def file_stamp(path: Path) -> dict[str, int]:
     return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
-def locked_sha256(value: str, root: Path, relative: str | None = None) -> str | None:
-    """The sha256 `harness stage` recorded for this asset's file (or one file of a folder
-    asset), None when it was never staged. A loader holds the file to it whatever its mtime:
-    changed bytes are refused even when the change came after the submission's checks."""
-    if not is_ref(value):
-        return None
-    entry = read_lock(root).get(ref_name(value))
+def stage_record(value: str, root: Path, lock: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The record `harness stage` wrote for a catalogued asset that it found good;
+    AssetError when it was never staged or found bad (so nothing unverified is ever used)."""
+    entry = (read_lock(root) if lock is None else lock).get(ref_name(value))
     if entry is None:
-        return None
+        raise AssetError(f"{value}: present but not verified yet: run `harness stage {root}` "
+                         "(checks checksums and architecture once, records the sha256)")
     if entry.get("status") != "ok":
         raise AssetError(f"{value}: `harness stage` found it bad: {entry.get('detail', '?')}")
-    return entry.get("files", {}).get(relative or "", {}).get("sha256")
+    return entry
+
+
+def file_problem(path: Path, sums: dict[str, str | None], sha256: str | None = None) -> str | None:
+    """One comparison of a file with expected checksums (md5, sha256, sha256_prefix); the file's
+    sha256, if already computed, saves hashing it again. None when everything given matches."""
+    from .fsutil import file_digest
+
+    if sums.get("sha256") or sums.get("sha256_prefix"):
+        sha256 = sha256 or file_digest(path, "sha256")
+        if sums.get("sha256") and sha256 != sums["sha256"]:
+            return f"{path}: sha256 {sha256} is not the expected {sums['sha256']}"
+        if sums.get("sha256_prefix") and not sha256.startswith(str(sums["sha256_prefix"])):
+            return f"{path}: sha256 {sha256} does not start with the published {sums['sha256_prefix']}"
+    if sums.get("md5") and file_digest(path, "md5") != sums["md5"]:
+        return f"{path}: md5 is not the published {sums['md5']}"
+    return None
 
 
 # ---------------------------------------------------------------- what a grid needs
@@ -212,21 +241,37 @@ def _bundled(kind: str, value: str) -> bool:
     return kind == "denoiser" and value in BUNDLED_DENOISERS
 
 
+# The image side each data set plugin gives the purifier (others take it from `size`).
+DATASET_SIDE = {"digits": 8, "cifar10": 32, "cifar100": 32}
+
+
 def check_cells(cells: list[dict[str, Any]], file: str) -> None:
-    """Plan-time consistency: a catalogued classifier checkpoint must fit the plugin naming it."""
+    """Plan-time consistency of catalogued assets with the cell naming them: a data set asset
+    read by its own plugin, a classifier checkpoint built by the plugin (and class count) of its
+    architecture, a denoiser trained at the resolution the data set gives."""
     cat = load_catalog()
-    for i, cell in enumerate(cells):
+    for cell in cells:
+        ds = cell["dataset"]
+        root = ds["params"].get("root")
+        if is_ref(root) and cat.assets[ref_name(root)].plugin not in (None, ds["name"]):
+            raise GridError(file, "dataset", f"{root} is laid out for dataset "
+                                             f"{cat.assets[ref_name(root)].plugin!r}, not {ds['name']!r}")
         entry = cell["classifier"]
         value = entry["params"].get("path")
-        if not is_ref(value):
-            continue
-        arch = cat.archs[cat.assets[ref_name(value)].arch or ""]
-        want = {k: v for k, v in arch.plugin_params.items()}
-        got = {k: entry["params"].get(k) for k in want}
-        if arch.plugin != entry["name"] or got != want:
-            need = f"classifier {arch.plugin!r}" + (f" with {want}" if want else "")
-            raise GridError(file, "classifier", f"{value} is a {arch.name} checkpoint: it needs "
-                                                f"{need}, not {entry['name']!r} with {got or entry['params']}")
+        if is_ref(value):
+            arch = cat.archs[cat.assets[ref_name(value)].arch or ""]
+            want = dict(arch.plugin_params)
+            got = {k: entry["params"].get(k) for k in want}
+            if arch.plugin != entry["name"] or got != want:
+                need = f"classifier {arch.plugin!r}" + (f" with {want}" if want else "")
+                raise GridError(file, "classifier", f"{value} is a {arch.name} checkpoint: it needs "
+                                                    f"{need}, not {entry['name']!r} with {got or entry['params']}")
+        den = arch_of("denoiser", cell["purifier"]["params"].get("denoiser"))
+        side = DATASET_SIDE.get(ds["name"], ds["params"].get("size"))
+        if den is not None and side is not None and den.input[-1] != side:
+            raise GridError(file, "purifier", f"denoiser {cell['purifier']['params']['denoiser']} "
+                                              f"({den.name}) works on {den.input[-1]}x{den.input[-1]} images; "
+                                              f"dataset {ds['name']!r} gives {side}x{side}")
 
 
 def problems(needed: list[Need], root: Path) -> list[str]:
@@ -244,19 +289,15 @@ def problems(needed: list[Need], root: Path) -> list[str]:
                 out.append(f"{need.value}: missing (the {need.kind} of {need.where}); "
                            f"no such file or directory")
             continue
-        name = ref_name(need.value)
-        asset = cat.assets[name]
+        asset = cat.assets[ref_name(need.value)]
         if not path.exists():
             out.append(f"{need.value}: missing (the {need.kind} of {need.where}); expected at {path}; "
                        f"published: {asset.published}")
             continue
-        entry = lock.get(name)
-        if entry is None:
-            out.append(f"{need.value}: present but not verified yet: run `harness stage {root}` "
-                       "(checks checksums and architecture once, records the sha256)")
-            continue
-        if entry.get("status") != "ok":
-            out.append(f"{need.value}: `harness stage` found it bad: {entry.get('detail', '?')}")
+        try:
+            entry = stage_record(need.value, root, lock)
+        except AssetError as exc:
+            out.append(str(exc))
             continue
         changed = [rel or "." for rel, rec in entry.get("files", {}).items()
                    if not (path / rel if rel else path).is_file()
@@ -276,6 +317,25 @@ def require(needed: list[Need], root: Path) -> None:
                          + "\n  ".join(bad))
 
 
+def require_grid(grid: Any, cli_assets: str | None = None) -> Path:
+    """The grid's asset directory, after `require` on everything the grid names."""
+    root = assets_dir(cli_assets, grid.assets)
+    require(needs(grid.cells), root)
+    return root
+
+
+def pins(cells: list[dict[str, Any]], root: Path) -> dict[str, dict[str, str]]:
+    """{asset value: {file: sha256}} as `harness stage` recorded them, for the assets the cells
+    name and stage found good: the plan carries it, the workers hold the files to it."""
+    lock = read_lock(root)
+    out = {}
+    for need in needs(cells):
+        entry = lock.get(ref_name(need.value)) if is_ref(need.value) else None
+        if entry and entry.get("status") == "ok":
+            out[need.value] = {rel: rec["sha256"] for rel, rec in entry.get("files", {}).items()}
+    return out
+
+
 # ---------------------------------------------------------------- cost
 
 def arch_of(kind: str, value: Any) -> Arch | None:
@@ -283,7 +343,7 @@ def arch_of(kind: str, value: Any) -> Arch | None:
     cat = load_catalog()
     if not isinstance(value, str):
         return None
-    if kind == "denoiser" and value in BUNDLED_DENOISERS:
+    if _bundled(kind, value):
         return cat.archs.get(value)
     if is_ref(value):
         asset = cat.assets.get(ref_name(value))
@@ -305,46 +365,41 @@ def _published(value: str) -> str:
     return f"; published: {load_catalog().assets[ref_name(value)].published}" if is_ref(value) else ""
 
 
-def expected_sha256(value: str, root: Path, relative: str | None = None) -> str | None:
-    """The sha256 a loader must insist on for an asset's file: the catalogue's pin, else what
-    `harness stage` verified; a published sha256 prefix is checked here, by hashing."""
+def expected_sha256(value: str, root: Path, relative: str = "",
+                    pinned: dict[str, dict[str, str]] | None = None) -> str | None:
+    """The sha256 a loader must insist on for a file of an asset: the plan's record when the plan
+    has one, else what `harness stage` verified (against the published checksums, where there
+    are any). AssetError when a catalogued asset was never verified; None for a local path."""
     if not is_ref(value):
         return None
-    asset = load_catalog().assets[ref_name(value)]
-    if asset.sha256 and not relative:
-        return asset.sha256
-    got = locked_sha256(value, root, relative)
-    if asset.sha256_prefix and not relative:
-        from .fsutil import file_digest
-
-        got = got or file_digest(resolve(value, root), "sha256")
-        if not got.startswith(asset.sha256_prefix):
-            raise AssetError(f"{value}: sha256 {got} does not start with the published "
-                             f"{asset.sha256_prefix}; the file is corrupt or another one")
-    return got
+    recorded = (pinned or {}).get(value, {}).get(relative)
+    if recorded:
+        return recorded
+    rec = stage_record(value, root).get("files", {}).get(relative)
+    if not rec:
+        raise AssetError(f"{value}: `harness stage` recorded no {relative or 'file'}; run it again")
+    return rec["sha256"]
 
 
-def verify_dataset_files(value: str, root: Path) -> None:
-    """Check a data set asset's listed files against their published checksums (they are small)."""
+def verify_dataset_files(value: str, root: Path, pinned: dict[str, dict[str, str]] | None = None) -> None:
+    """Hold a data set asset's listed files (small: label and attribute files, CIFAR pickles) to
+    their verified sha256."""
     if not is_ref(value):
         return
-    from .fsutil import file_digest
-
-    asset = load_catalog().assets[ref_name(value)]
     base = resolve(value, root)
-    for rel, sums in asset.files.items():
+    for rel in load_catalog().assets[ref_name(value)].files:
         path = base / rel
         if not path.is_file():
             raise AssetError(f"{value}: {path} is missing{_published(value)}")
-        for algo in ("md5", "sha256"):
-            if sums.get(algo) and file_digest(path, algo) != sums[algo]:
-                raise AssetError(f"{value}: {path}: {algo} does not match the published "
-                                 f"{sums[algo]}; the file is corrupt or another version")
+        bad = file_problem(path, {"sha256": expected_sha256(value, root, rel, pinned)})
+        if bad:
+            raise AssetError(f"{value}: {bad}; the file changed since it was verified")
 
 
-def resolve_params(spec: Any, params: dict[str, Any], root: Path) -> dict[str, Any]:
-    """A plugin's parameters with asset values replaced by local paths (and the checkpoint's
-    expected sha256 filled in from the catalogue or the stage record). AssetError if missing."""
+def resolve_params(spec: Any, params: dict[str, Any], root: Path,
+                   pinned: dict[str, dict[str, str]] | None = None) -> dict[str, Any]:
+    """A plugin's parameters with asset values replaced by local paths (and a checkpoint's
+    expected sha256 filled in from the plan or the stage record). AssetError if missing or unverified."""
     out = dict(params)
     for pname, param in spec.params.items():
         value = params.get(pname)
@@ -355,7 +410,7 @@ def resolve_params(spec: Any, params: dict[str, Any], root: Path) -> dict[str, A
             raise AssetError(f"{value}: missing, expected at {path}{_published(value)}")
         out[pname] = str(path)
         if param.asset == "dataset":
-            verify_dataset_files(value, root)
-        if "sha256" in spec.params and not params.get("sha256"):
-            out["sha256"] = expected_sha256(value, root) or ""
+            verify_dataset_files(value, root, pinned)
+        elif "sha256" in spec.params and not params.get("sha256"):
+            out["sha256"] = expected_sha256(value, root, "", pinned) or ""
     return out

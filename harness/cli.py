@@ -47,18 +47,16 @@ def _profile_tflops(name: str | None, grid_path: Path) -> tuple[str | None, floa
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from .catalog import assets_dir, needs, problems
+    from .catalog import assets_dir, needs, problems, require_grid
     from .grid import load_grid
     from .plan import cost_table, make_plan, summary, write_plan
 
     grid = load_grid(args.grid)
     profile, tflops = _profile_tflops(args.profile or grid.profile, grid.path)
     root = assets_dir(args.assets, grid.assets)
+    if args.check_assets:
+        require_grid(grid, args.assets)
     bad = problems(needs(grid.cells), root)
-    if bad and args.check_assets:
-        from .catalog import require
-
-        require(needs(grid.cells), root)
     path = write_plan(grid, args.jobs, overwrite=args.overwrite, assets=args.assets)
     plan = make_plan(grid, args.assets)
     print(summary(plan))
@@ -75,7 +73,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .catalog import assets_dir, needs, require
+    from .catalog import require_grid
     from .grid import load_grid
     from .plan import make_plan, summary, write_plan
     from .launch.task import mark_complete
@@ -84,8 +82,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .worker import Assets, pending, run_row
 
     grid = load_grid(args.grid)
-    root = assets_dir(args.assets, grid.assets)
-    require(needs(grid.cells), root)
+    require_grid(grid, args.assets)
     path = write_plan(grid, args.jobs, overwrite=args.overwrite, assets=args.assets)
     plan = make_plan(grid, args.assets)
     print(summary(plan))
@@ -96,7 +93,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     progress = Progress(todo, "examples")
     if todo == 0:
         print("every row is already complete; nothing to run")
-    assets = Assets(device=args.device, root=root)
+    assets = Assets.for_plan_row(rows[0], args.device)
     for r in rows:
         written = run_row(r, results, assets, cell_examples=grid.examples,
                           on_batch=lambda n, r=r: progress.advance(n, f"· {r['label']} · {r['attack_label']}"))
@@ -124,7 +121,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 
 def cmd_stage(args: argparse.Namespace) -> int:
-    from .catalog import load_catalog, needs, ref_name, is_ref
+    from .catalog import is_ref, load_catalog, needs, problems, ref_name
     from .staging import stage
 
     cat = load_catalog()
@@ -140,14 +137,21 @@ def cmd_stage(args: argparse.Namespace) -> int:
         return 0
     if not args.dir:
         raise UsageError("harness stage: give the asset directory (or --list)")
+    root = Path(args.dir).absolute()
+    selected = args.only is not None or args.grid is not None
     names = list(args.only or [])
+    local: list[str] = []
     if args.grid:
         from .grid import load_grid
 
-        names += [ref_name(n.value) for n in needs(load_grid(args.grid).cells) if is_ref(n.value)]
-    results = stage(Path(args.dir).absolute(), list(dict.fromkeys(names)) or None)
-    bad = [r for r in results if r.status == "bad" or (names and r.status == "missing")]
-    return 2 if bad else 0
+        needed = needs(load_grid(args.grid).cells)
+        names += [ref_name(n.value) for n in needed if is_ref(n.value)]
+        local = problems([n for n in needed if not is_ref(n.value)], root)
+    results = stage(root, list(dict.fromkeys(names)) if selected else None)
+    for line in local:  # the grid's local paths: checked for presence only
+        print(f"missing  {line}")
+    bad = [r for r in results if r.status == "bad" or (selected and r.status == "missing")]
+    return 2 if bad or local else 0
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -211,7 +215,8 @@ def parser() -> argparse.ArgumentParser:
 
     sp = add("stage", cmd_stage, "check a local asset directory against the catalogue (never downloads)")
     sp.add_argument("dir", nargs="?", help="the asset directory")
-    sp.add_argument("--only", nargs="+", metavar="NAME", help="check only these catalogued assets")
+    sp.add_argument("--only", action="append", metavar="NAME",
+                    help="check only this catalogued asset (repeat for more)")
     sp.add_argument("--grid", default=None, help="check the assets this grid names; exit 2 if any is missing")
     sp.add_argument("--list", action="store_true", help="list the catalogue: names, layout, where published")
 

@@ -20,7 +20,7 @@ T = 1000  # diffusion steps of the backbones' forward process; a float t_s < 1 i
 
 COLUMNS = ("row", "sweep", "cell", "shard", "start", "stop", "cell_json", "label", "attack_label",
            "dataset", "classifier", "purifier", "attack", "seed", "batch_size",
-           "nfe_per_example", "nfe_total", "gflop_total", "assets_dir")
+           "nfe_per_example", "nfe_total", "gflop_total", "assets_dir", "asset_sha256")
 _INT_COLUMNS = ("row", "shard", "start", "stop", "seed", "batch_size", "nfe_per_example",
                 "nfe_total")
 
@@ -120,9 +120,13 @@ def make_plan(grid: Grid, assets: str | Path | None = None) -> pd.DataFrame:
     """One row per (cell, shard), in cell order then shard order; `row` is the array index.
 
     `assets_dir` is where the workers resolve `asset:<name>` values (see harness.catalog)."""
-    from .catalog import assets_dir
+    import json
 
-    root = str(assets_dir(str(assets) if assets else None, grid.assets))
+    from .catalog import assets_dir, pins
+
+    root = assets_dir(str(assets) if assets else None, grid.assets)
+    # The sha256 of every catalogued file as staged now: the workers hold the files to it.
+    pinned = json.dumps(pins(grid.cells, root), sort_keys=True)
     rows = []
     for cell in grid.cells:
         fixed = {"sweep": grid.sweep, "cell": cell_hash(cell), "cell_json": canonical_json(cell),
@@ -133,7 +137,8 @@ def make_plan(grid: Grid, assets: str | Path | None = None) -> pd.DataFrame:
         for k, (start, stop) in enumerate(shard_ranges(grid.examples, grid.shard_size)):
             rows.append({**fixed, "shard": k, "start": start, "stop": stop,
                          "nfe_total": nfe_row(cell, stop - start),
-                         "gflop_total": gflop_row(cell, stop - start), "assets_dir": root})
+                         "gflop_total": gflop_row(cell, stop - start), "assets_dir": str(root),
+                         "asset_sha256": pinned})
     df = pd.DataFrame(rows)
     df["row"] = range(len(df))
     return df[list(COLUMNS)].astype({c: "int64" for c in _INT_COLUMNS})
@@ -193,7 +198,7 @@ def human(n: float) -> str:
     for div, unit in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
         if abs(n) >= div:
             return f"{n / div:.1f} {unit}"
-    return f"{n:.0f}" if n == int(n) or abs(n) >= 100 else f"{n:.2g}"  # 0.043, not 0
+    return f"{n:.0f}" if n == int(n) or abs(n) >= 100 else f"{n:.3g}"  # 0.0434, not 0
 
 
 def summary(plan_df: pd.DataFrame) -> str:

@@ -32,6 +32,7 @@ SCHEMA = pa.schema([
     ("seed_purify", pa.int64()), ("seed_attack", pa.int64()), ("nfe", pa.int64()), ("time_s", pa.float64()),
     ("cell_json", pa.string()), ("harness_version", pa.string()), ("git_rev", pa.string()),
     ("torch_version", pa.string()), ("host", pa.string()), ("device", pa.string()),
+    ("assets", pa.string()),  # JSON {asset: {file: sha256}} of the catalogued files the cell used
 ])
 
 

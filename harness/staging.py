@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from .catalog import (IMAGE_SUFFIXES, LOCK, Arch, Asset, Catalog, file_stamp, load_catalog,
-                      read_lock)
+from .catalog import (IMAGE_SUFFIXES, LOCK, Arch, Asset, Catalog, file_problem, file_stamp,
+                      load_catalog, read_lock)
 from .errors import AssetError
 from .fsutil import atomic_write, file_digest
 
@@ -80,14 +80,10 @@ def _check_fit(model: Any, weights: Path, arch: Arch, fmt: str) -> tuple[int, st
 
 
 def _checksums(asset: Asset, rel: str, rec: dict[str, Any], path: Path) -> str | None:
-    sums = asset.files.get(rel, {}) if rel else {"sha256": asset.sha256, "md5": asset.md5}
-    if sums.get("sha256") and rec["sha256"] != sums["sha256"]:
-        return f"{path}: sha256 {rec['sha256']} is not the published {sums['sha256']}"
-    if sums.get("md5") and file_digest(path, "md5") != sums["md5"]:
-        return f"{path}: md5 is not the published {sums['md5']}"
-    if not rel and asset.sha256_prefix and not rec["sha256"].startswith(asset.sha256_prefix):
-        return f"{path}: sha256 {rec['sha256']} does not start with the published {asset.sha256_prefix}"
-    return None
+    """The published checksums of one file of the asset ("" = the asset's own file), checked."""
+    sums = asset.files.get(rel, {}) if rel else {
+        "sha256": asset.sha256, "md5": asset.md5, "sha256_prefix": asset.sha256_prefix}
+    return file_problem(path, sums, rec["sha256"])
 
 
 def _count_images(folder: Path) -> int:
@@ -117,8 +113,10 @@ def check_asset(asset: Asset, root: Path, catalog: Catalog) -> Result:
                                                      f"expected {asset.images['count']}")
             return res
         if asset.format == "diffusers":
-            from .models.denoisers import build_unet, read_unet_config, unet_folder, weights_file
+            from .models.denoisers import (build_unet, check_schedule, read_unet_config, unet_folder,
+                                           weights_file)
 
+            check_schedule(path)  # what every load refuses, stage refuses
             folder = unet_folder(path)
             weights = weights_file(folder)
             import torch
@@ -148,26 +146,36 @@ def check_asset(asset: Asset, root: Path, catalog: Catalog) -> Result:
 def stage(root: Path, names: list[str] | None = None, catalog: Catalog | None = None,
           out: Callable[[str], None] = print) -> list[Result]:
     """Check `names` (default: every catalogued asset) under root; update the lock; report."""
+    import fcntl
+
     catalog = catalog or load_catalog()
-    unknown = sorted(set(names or ()) - set(catalog.assets))
+    names = list(catalog.assets) if names is None else names
+    unknown = sorted(set(names) - set(catalog.assets))
     if unknown:
         raise AssetError(f"unknown asset(s) {', '.join(unknown)}; catalogued: {', '.join(sorted(catalog.assets))}")
     if not root.is_dir():
         raise AssetError(f"{root}: no such asset directory")
-    results = []
-    for name in names or list(catalog.assets):
-        r = check_asset(catalog.assets[name], root, catalog)
-        results.append(r)
-        out(f"{r.status:<8} {name:<30} {r.detail}")
-    lock = read_lock(root)
-    now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-    for r in results:
-        if r.status == "missing":
-            lock.pop(r.name, None)
-        else:
-            lock[r.name] = {"status": r.status, "detail": r.detail, "files": r.files,
-                            "params": r.params, "staged": now}
-    atomic_write(root / LOCK, json.dumps(lock, indent=1, sort_keys=True) + "\n")
+    # One stage at a time per directory: two concurrent runs would each drop the other's records.
+    with open(root / f".{LOCK}.flock", "w") as guard:
+        fcntl.flock(guard, fcntl.LOCK_EX)
+        try:
+            lock = read_lock(root)
+        except AssetError as exc:  # the record is rebuilt from what this run verifies
+            out(f"warning: {exc}; starting a new record")
+            lock = {}
+        results = []
+        for name in names:
+            r = check_asset(catalog.assets[name], root, catalog)
+            results.append(r)
+            out(f"{r.status:<8} {name:<30} {r.detail}")
+        now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+        for r in results:
+            if r.status == "missing":
+                lock.pop(r.name, None)
+            else:
+                lock[r.name] = {"status": r.status, "detail": r.detail, "files": r.files,
+                                "params": r.params, "staged": now}
+        atomic_write(root / LOCK, json.dumps(lock, indent=1, sort_keys=True) + "\n")
     counts = {s: sum(r.status == s for r in results) for s in ("ok", "missing", "bad")}
     out(f"{counts['ok']} ok, {counts['missing']} missing, {counts['bad']} bad; recorded in {root / LOCK}")
     return results

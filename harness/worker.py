@@ -14,7 +14,7 @@ from typing import Any, Callable
 import numpy as np
 
 from . import registry
-from .catalog import assets_dir, resolve_params
+from .catalog import assets_dir, is_ref, needs, resolve_params, stage_record
 from .results import (done_examples, part_path, provenance, remove_stale_temporaries, shard_dir,
                       write_part)
 
@@ -23,11 +23,26 @@ from .results import (done_examples, part_path, provenance, remove_stale_tempora
 class Assets:
     """Loaded data sets and models, cached across the rows one process runs.
 
-    `root` is the asset directory that `asset:<name>` parameter values resolve against."""
+    `root` is the asset directory that `asset:<name>` parameter values resolve against; `pinned`
+    the plan's {asset: {file: sha256}}, which the loaders hold the files to."""
 
     device: str = "cpu"
     root: Path = field(default_factory=assets_dir)
+    pinned: dict[str, dict[str, str]] = field(default_factory=dict)
     cache: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def for_plan_row(cls, row: dict[str, Any], device: str = "cpu") -> "Assets":
+        """Assets as the plan row says: its asset directory and sha256 records (older plans
+        have neither column: the default directory and the stage records serve)."""
+        root = row.get("assets_dir")
+        return cls(device=device, root=Path(root) if root else assets_dir(),
+                   pinned=json.loads(row.get("asset_sha256") or "{}"))
+
+    def record(self, cell: dict[str, Any]) -> str:
+        """The sha256 of every catalogued file the cell uses, as JSON, for the result rows."""
+        return json.dumps({n.value: self.pinned.get(n.value) or stage_record(n.value, self.root)["files"]
+                           for n in needs([cell]) if is_ref(n.value)}, sort_keys=True)
 
     def get(self, key: str, make: Callable[[], Any]) -> Any:
         if key not in self.cache:
@@ -37,7 +52,7 @@ class Assets:
     def _plugin(self, kind: str, entry: dict[str, Any], *args: Any) -> Any:
         spec = registry.get(kind, entry["name"])
         return self.get(f"{kind}:{json.dumps(entry, sort_keys=True)}",
-                        lambda: spec.load()(*args, resolve_params(spec, entry["params"], self.root)))
+                        lambda: spec.load()(*args, resolve_params(spec, entry["params"], self.root, self.pinned)))
 
     def dataset(self, entry: dict[str, Any]) -> Any:
         return self._plugin("dataset", entry)
@@ -49,7 +64,7 @@ class Assets:
         classifier = self._plugin("classifier", cell["classifier"]).to(self.device)
         p = cell["purifier"]
         value = p["params"].get("denoiser")
-        eps_fn = (self.get(f"denoiser:{value}", lambda: load_denoiser(value, self.root).to(self.device))
+        eps_fn = (self.get(f"denoiser:{value}", lambda: load_denoiser(value, self.root, self.pinned).to(self.device))
                   if value else None)
         purifier = self.get(f"purifier:{json.dumps(p, sort_keys=True)}",
                             lambda: registry.get("purifier", p["name"]).load()(
@@ -95,7 +110,7 @@ def run_row(plan_row: dict[str, Any], results_dir: str | Path, assets: Assets, *
         "threat": attack["params"].get("norm", "none"), "eps": float(attack["params"].get("eps", 0.0)),
         "seed": cell["seed"], "cell_examples": int(cell_examples or plan_row["stop"]),
         "eval_runs": cell["eval_runs"], "cell_json": plan_row["cell_json"],
-        "device": str(assets.device), **provenance(),
+        "device": str(assets.device), "assets": assets.record(cell), **provenance(),
     }
     written = 0
     bs = int(plan_row["batch_size"])

@@ -157,3 +157,32 @@ def test_paper_grid_loads(name: str) -> None:
     assert eps == {{"imagenet": 4 / 255, "celebahq": 16 / 255}.get(name, 8 / 255)}
     # every named asset is catalogued and needed
     assert all(n.value.startswith("asset:") for n in needs(grid.cells))
+
+
+def test_cell_consistency_with_the_catalogue(tmp_path: Path) -> None:
+    """Plan-time: class count, the data set a root is laid out for, the denoiser's resolution."""
+    cases = [
+        (BASE.replace('"asset:wrn-28-10-cifar10"}', '"asset:wrn-28-10-cifar10", classes: 100}'),
+         "wrn-28-10 checkpoint: it needs classifier 'wrn-28-10' with {'classes': 10}"),
+        (BASE.replace("name: cifar10, params: {root:", "name: cifar100, params: {root:"),
+         "laid out for dataset 'cifar10', not 'cifar100'"),
+        (BASE.replace('"asset:ddpm-cifar10-32"', '"asset:guided-diffusion-256-uncond"'),
+         "works on 256x256 images; dataset 'cifar10' gives 32x32"),
+    ]
+    for text, message in cases:
+        with pytest.raises(GridError) as e:
+            load_grid(write(tmp_path, text))
+        assert message in e.value.message
+
+
+def test_report_warns_when_a_cell_mixes_asset_files(tmp_path: Path) -> None:
+    import pandas as pd
+
+    from analysis.report import describe
+
+    df = pd.DataFrame({"cell": ["a", "a", "b"], "sweep": "s", "source_file": ["f1", "f2", "f3"],
+                       "assets": ['{"asset:x": {"": "1"}}', '{"asset:x": {"": "2"}}', '{}']})
+    summary = pd.DataFrame({"complete": [True, True]})
+    text = describe(df, summary, tmp_path)
+    assert "WARNING: 1 cell(s) mix rows computed from different asset files" in text and ": a" in text
+    assert "WARNING" not in describe(df[df.cell == "b"], summary, tmp_path)

@@ -92,8 +92,8 @@ def test_nfe_total(tmp_path: Path) -> None:
 
 
 def test_human() -> None:
-    assert (human(999), human(1234), human(1_234_567), human(2.5e9), human(0.0434), human(0)) == \
-        ("999", "1.2 k", "1.2 M", "2.5 G", "0.043", "0")
+    assert (human(999), human(1234), human(1_234_567), human(2.5e9), human(0.0434), human(0), human(99.96)) == \
+        ("999", "1.2 k", "1.2 M", "2.5 G", "0.0434", "0", "100")
 
 
 # ---------------------------------------------------------------- write

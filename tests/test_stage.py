@@ -111,6 +111,12 @@ def test_run_resolves_assets_and_refuses_a_changed_one(site: dict, tmp_path: Pat
     assert sorted(df["example"].unique()) == [0, 1, 2, 3]
     plan = pd.read_parquet(tmp_path / "jobs" / "site" / "plan.parquet")
     assert set(plan["assets_dir"]) == {str(site["root"])}
+    wrn_sha = file_digest(site["root"] / "models" / "wrn.pt")
+    assert json.loads(plan["asset_sha256"].iloc[0])["asset:clf"] == {"": wrn_sha}
+    # every row records the sha256 of each catalogued file its cell used
+    used = {p: json.loads(v) for p, v in df.groupby("purifier")["assets"].first().items()}
+    assert used["none"]["asset:clf"] == {"": wrn_sha} and "asset:den" not in used["none"]
+    assert set(used["lorid"]["asset:den"]) == {"config.json", "diffusion_pytorch_model.safetensors"}
     # The checkpoint changes after staging: run and submit stop before writing anything.
     wrn_file = site["root"] / "models" / "wrn.pt"
     before = wrn_file.read_bytes()
@@ -186,7 +192,8 @@ def test_stage_never_touches_the_network(site: dict, monkeypatch: pytest.MonkeyP
     monkeypatch.setenv("HARNESS_CATALOG", str(site["catalog"]))
     lines: list[str] = []
     results = stage(site["root"], out=lines.append)
-    assert [r.status for r in results] == ["ok", "ok", "ok"], lines
+    assert {r.name: r.status for r in results if r.name in ("cifar10", "clf", "den")} == \
+        {"cifar10": "ok", "clf": "ok", "den": "ok"}, lines
 
 
 def test_local_diffusers_folder_denoiser(tmp_path: Path) -> None:
@@ -293,3 +300,82 @@ def test_google_ddpm_cifar10_folder_as_published(tmp_path: Path) -> None:
     x, t = torch.randn(1, 3, 32, 32), torch.tensor([10])
     with torch.no_grad():
         assert torch.equal(eps(x, t), unet(x, t).sample)
+
+
+def test_unstaged_catalogued_asset_is_never_loaded(site: dict, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Loaders refuse a catalogued asset `harness stage` never verified (the sbatch route runs no
+    submission checks), and hold a planned asset to the plan's sha256 even after a re-stage."""
+    import shutil
+
+    from harness import registry
+    from harness.catalog import pins, resolve_params
+    from harness.grid import load_grid
+
+    monkeypatch.setenv("HARNESS_CATALOG", str(site["catalog"]))
+    root = tmp_path / "assets"
+    shutil.copytree(site["root"] / "models" / "tiny-ddpm", root / "models" / "tiny-ddpm")
+    with pytest.raises(AssetError, match="not verified yet"):
+        load_denoiser("asset:den", root)
+    shutil.copytree(site["root"] / "cifar10", root / "cifar10")
+    (root / "models" / "wrn.pt").write_bytes((site["root"] / "models" / "wrn.pt").read_bytes())
+    lines: list[str] = []
+    from harness.staging import stage
+
+    stage(root, out=lines.append)
+    planned = pins(load_grid(site["grid"]).cells, root)
+    assert load_denoiser("asset:den", root, planned) is not None
+    # the checkpoint is replaced and re-staged mid-sweep: the plan's record still rules
+    torch.manual_seed(3)
+    torch.save({"state_dict": {"module." + k: v for k, v in wrn_28_10().net.state_dict().items()}},
+               root / "models" / "wrn.pt")
+    stage(root, out=lines.append)
+    spec = registry.get("classifier", "wrn-28-10")
+    params = resolve_params(spec, {"path": "asset:clf", "sha256": "", "classes": 10}, root, planned)
+    with pytest.raises(AssetError, match="sha256 mismatch"):
+        spec.load()(params)
+    fresh = resolve_params(spec, {"path": "asset:clf", "sha256": "", "classes": 10}, root)
+    assert spec.load()(fresh) is not None  # a new plan takes the re-staged file
+
+
+def test_stage_selection_schedule_and_broken_lock(site: dict, tmp_path: Path) -> None:
+    env = site["env"]
+    root = tmp_path / "assets"
+    (root / "models").mkdir(parents=True)
+    tiny_unet_folder(root / "models" / "tiny-ddpm")
+    (root / LOCK).write_text("{not json")
+    r = harness("stage", str(root), "--only", "den", "--only", "clf", cwd=tmp_path, env=env)
+    assert r.returncode == 2, r.stdout  # clf was asked for by name and is missing
+    assert "warning:" in r.stdout and "starting a new record" in r.stdout
+    assert [ln.split()[:2] for ln in r.stdout.splitlines() if ln.split()[:1] in (["ok"], ["missing"])] == \
+        [["ok", "den"], ["missing", "clf"]]
+    assert json.loads((root / LOCK).read_text())["den"]["status"] == "ok"
+    # a grid naming no catalogued asset stages nothing; its missing local path fails the stage
+    grid = tmp_path / "local.yaml"
+    grid.write_text("sweep: l\ndataset: {name: cifar10, params: {root: /nonexistent/cifar}}\n"
+                    "classifier: digits-cnn\npurifier: none\nattack: none\nexamples: 2\n")
+    r = harness("stage", str(root), "--grid", str(grid), cwd=tmp_path, env=env)
+    assert r.returncode == 2 and "/nonexistent/cifar: missing" in r.stdout
+    assert "0 ok, 0 missing, 0 bad" in r.stdout
+    # a backbone trained with another schedule: stage refuses what every load would refuse
+    (root / "models" / "tiny-ddpm" / "scheduler_config.json").write_text(
+        json.dumps({"beta_schedule": "squaredcos_cap_v2"}))
+    r = harness("stage", str(root), "--only", "den", cwd=tmp_path, env=env)
+    assert r.returncode == 2 and "squaredcos_cap_v2" in r.stdout
+
+
+def test_old_plan_rows_without_asset_columns(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from harness.worker import Assets
+
+    monkeypatch.setenv("HARNESS_ASSETS", str(tmp_path))
+    a = Assets.for_plan_row({"row": 0, "cell": "x"})
+    assert a.root == tmp_path and a.pinned == {}
+
+
+def test_site_catalogue_adds_to_the_bundled_one(site: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    from harness.grid import load_grid
+
+    monkeypatch.setenv("HARNESS_CATALOG", str(site["catalog"]))
+    cat = load_catalog()
+    assert {"clf", "den", "wrn-28-10-cifar10", "guided-diffusion-256-uncond"} <= set(cat.assets)
+    assert len(load_grid(ROOT / "grids" / "cifar10.yaml").cells) > 100

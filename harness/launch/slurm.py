@@ -159,7 +159,7 @@ def submit(grid_path: str | Path, profile: str | None = None, jobs: str | Path =
     """Check the assets, plan, select the unfinished rows, submit them as arrays; return the job ids.
 
     A missing or changed asset stops it before anything is written or submitted (exit 2)."""
-    from ..catalog import assets_dir, needs, problems, require
+    from ..catalog import assets_dir, needs, problems, require_grid
     from ..grid import load_grid
     from ..plan import load_plan, make_plan, write_plan
 
@@ -169,7 +169,7 @@ def submit(grid_path: str | Path, profile: str | None = None, jobs: str | Path =
         for line in problems(needs(grid.cells), root):
             out(f"# asset problem (a real submission stops here): {line}")
     else:
-        require(needs(grid.cells), root)
+        require_grid(grid, assets)
     jobs_sweep = Path(jobs).absolute() / grid.sweep
     submissions = read_submissions(jobs_sweep)
     last = submissions[-1] if submissions else {}
@@ -242,10 +242,10 @@ def plan_once(grid_path: str | Path, jobs: str | Path = "jobs") -> Path:
     from ..grid import load_grid
     from ..plan import write_plan
 
-    from ..catalog import assets_dir, needs, require
+    from ..catalog import require_grid
 
     grid = load_grid(grid_path)
-    require(needs(grid.cells), assets_dir(None, grid.assets))  # fail every task fast, by name
+    require_grid(grid)  # fail every task fast, naming each missing asset
     out = Path(jobs) / grid.sweep
     out.mkdir(parents=True, exist_ok=True)
     with open(out / ".plan.lock", "w") as lock:

@@ -58,7 +58,7 @@ def run_task(plan_path: str, row_index: int, results: str | None = None, world: 
     device = world.device()
     out = shard_dir(results_dir, row["sweep"], row["cell"], int(row["shard"]))
     with GpuMonitor(int(device.split(":")[1]) if device.startswith("cuda") else None) as gpu:
-        written = run_row(row, results_dir, Assets(device=device, root=Path(row["assets_dir"])), rank=world.rank, world=world.size,
+        written = run_row(row, results_dir, Assets.for_plan_row(row, device), rank=world.rank, world=world.size,
                           cell_examples=cell_examples)
     if written:  # telemetry of the run that did the work, beside its part files
         run_id = os.environ.get("SLURM_JOB_ID") or f"pid{os.getpid()}-{int(time.time())}"

@@ -93,8 +93,9 @@ def load_score_sde(path: Path, sha256: str | None = None, config: Any = None) ->
     return ScoreSdeEps(load_into(model, state, name=f"score-sde ({path})"))
 
 
-def load_denoiser(value: str, root: Path) -> nn.Module:
-    """The noise predictor a purifier's `denoiser` parameter names, in eval mode, frozen."""
+def load_denoiser(value: str, root: Path, pinned: dict[str, dict[str, str]] | None = None) -> nn.Module:
+    """The noise predictor a purifier's `denoiser` parameter names, in eval mode, frozen; a
+    catalogued one is held to the sha256 the plan (`pinned`) or `harness stage` recorded."""
     if value in BUNDLED_DENOISERS:
         from .bundled import load_denoiser as bundled
 
@@ -106,11 +107,11 @@ def load_denoiser(value: str, root: Path) -> nn.Module:
         asset = load_catalog().assets[ref_name(value)]
         if asset.format == "diffusers":
             rel = str(weights_file(unet_folder(path)).relative_to(path))
-            model = load_diffusers(path, expected_sha256(value, root, rel))
+            model = load_diffusers(path, expected_sha256(value, root, rel, pinned))
         elif asset.format == "score-sde":
-            model = load_score_sde(path, expected_sha256(value, root))
+            model = load_score_sde(path, expected_sha256(value, root, "", pinned))
         elif asset.arch == "guided-256-uncond":
-            model = load_guided(path, expected_sha256(value, root))
+            model = load_guided(path, expected_sha256(value, root, "", pinned))
         else:
             raise AssetError(f"{value}: no loader for architecture {asset.arch!r}")
     elif path.is_dir():
