@@ -68,7 +68,7 @@ class Asset:
     def pinned(self) -> bool:
         """True when the project knows a published checksum for it."""
         return bool(self.sha256 or self.sha256_prefix or self.md5
-                    or any(v for v in self.files.values()))
+                    or any(v.get("md5") or v.get("sha256") for v in self.files.values()))
 
 
 @dataclass(frozen=True)
@@ -387,8 +387,13 @@ def verify_dataset_files(value: str, root: Path, pinned: dict[str, dict[str, str
     if not is_ref(value):
         return
     base = resolve(value, root)
-    for rel in load_catalog().assets[ref_name(value)].files:
+    recorded = (pinned or {}).get(value)
+    if recorded is None:
+        recorded = stage_record(value, root).get("files", {})
+    for rel, spec in load_catalog().assets[ref_name(value)].files.items():
         path = base / rel
+        if spec.get("optional") and rel not in recorded and not path.is_file():
+            continue  # an optional layout file that was absent when staged, and still is
         if not path.is_file():
             raise AssetError(f"{value}: {path} is missing{_published(value)}")
         bad = file_problem(path, {"sha256": expected_sha256(value, root, rel, pinned)})

@@ -98,9 +98,11 @@ def check_asset(asset: Asset, root: Path, catalog: Catalog) -> Result:
     arch = catalog.archs.get(asset.arch or "")
     try:
         if asset.kind == "dataset":
-            for rel in asset.files:
+            for rel, spec in asset.files.items():
                 f = path / rel
                 if not f.is_file():
+                    if spec.get("optional"):
+                        continue
                     return Result(asset.name, "bad", f"{f} is missing; published: {asset.published}")
                 res.files[rel] = _record(f)
                 bad = _checksums(asset, rel, res.files[rel], f)

@@ -379,3 +379,35 @@ def test_site_catalogue_adds_to_the_bundled_one(site: dict, monkeypatch: pytest.
     cat = load_catalog()
     assert {"clf", "den", "wrn-28-10-cifar10", "guided-diffusion-256-uncond"} <= set(cat.assets)
     assert len(load_grid(ROOT / "grids" / "cifar10.yaml").cells) > 100
+
+
+def test_imagenet_layout_files_are_recorded_and_held(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """ImageNet's optional classes.txt decides the labels: absent is fine, present is recorded
+    by the stage, and a later edit (or a file that appears after staging) is refused at load."""
+    from harness import registry
+    from harness.catalog import resolve_params
+    from harness.staging import stage
+    from test_datasets import imagenet_folders
+
+    real = yaml.safe_load((ROOT / "harness" / "assets" / "catalog.yaml").read_text())
+    inet = {**real["assets"]["imagenet"], "images": {"under": "val", "count": 4}}
+    (tmp_path / "cat.yaml").write_text(yaml.safe_dump({"architectures": {}, "assets": {"imagenet": inet}}))
+    monkeypatch.setenv("HARNESS_CATALOG", str(tmp_path / "cat.yaml"))
+    root = tmp_path / "assets"
+    imagenet_folders(root / "imagenet", ["n01443537", "n01440764"], 2)
+    spec = registry.get("dataset", "imagenet")
+    params = {"root": "asset:imagenet", "size": 32}
+
+    def staged_ok() -> bool:
+        return [r.status for r in stage(root, ["imagenet"], out=lambda _: None)] == ["ok"]
+
+    assert staged_ok()
+    assert len(spec.load()(resolve_params(spec, params, root))) == 4  # no classes.txt: fine
+    (root / "imagenet" / "classes.txt").write_text("n01443537\nn01440764\n")
+    with pytest.raises(AssetError, match="recorded no classes.txt"):
+        resolve_params(spec, params, root)
+    assert staged_ok()
+    assert len(spec.load()(resolve_params(spec, params, root))) == 4
+    (root / "imagenet" / "classes.txt").write_text("n01440764\nn01443537\n")  # labels swapped
+    with pytest.raises(AssetError, match="changed since it was verified"):
+        resolve_params(spec, params, root)
