@@ -299,9 +299,10 @@ def problems(needed: list[Need], root: Path) -> list[str]:
         except AssetError as exc:
             out.append(str(exc))
             continue
+        # rel "" is a single-file asset itself (path / "" is path)
         changed = [rel or "." for rel, rec in entry.get("files", {}).items()
-                   if not (path / rel if rel else path).is_file()
-                   or file_stamp(path / rel if rel else path) != {k: rec[k] for k in ("size", "mtime_ns")}]
+                   if not (path / rel).is_file()
+                   or file_stamp(path / rel) != {k: rec[k] for k in ("size", "mtime_ns")}]
         if changed:
             out.append(f"{need.value}: changed since `harness stage` verified it ({', '.join(changed)}); "
                        f"run `harness stage {root}` again")
