@@ -309,13 +309,17 @@ def problems(needed: list[Need], root: Path) -> list[str]:
     return out
 
 
+def refusal(bad: list[str], root: Path) -> UsageError:
+    """The exit-2 error naming every asset problem (from `problems`)."""
+    return UsageError(f"{len(bad)} asset problem(s) under {root} (set it with --assets, the grid's "
+                      "`assets:` or $HARNESS_ASSETS; check it with `harness stage`):\n  " + "\n  ".join(bad))
+
+
 def require(needed: list[Need], root: Path) -> None:
     """UsageError (exit 2) naming every missing or mismatched asset; nothing is submitted."""
     bad = problems(needed, root)
     if bad:
-        raise UsageError(f"{len(bad)} asset problem(s) under {root} (set it with --assets, the grid's "
-                         "`assets:` or $HARNESS_ASSETS; check it with `harness stage`):\n  "
-                         + "\n  ".join(bad))
+        raise refusal(bad, root)
 
 
 def require_grid(grid: Any, cli_assets: str | None = None) -> Path:

@@ -47,16 +47,16 @@ def _profile_tflops(name: str | None, grid_path: Path) -> tuple[str | None, floa
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from .catalog import assets_dir, needs, problems, require_grid
+    from .catalog import assets_dir, needs, problems, refusal
     from .grid import load_grid
     from .plan import cost_table, make_plan, summary, write_plan
 
     grid = load_grid(args.grid)
     profile, tflops = _profile_tflops(args.profile or grid.profile, grid.path)
     root = assets_dir(args.assets, grid.assets)
-    if args.check_assets:
-        require_grid(grid, args.assets)
     bad = problems(needs(grid.cells), root)
+    if bad and args.check_assets:
+        raise refusal(bad, root)
     path = write_plan(grid, args.jobs, overwrite=args.overwrite, assets=args.assets)
     plan = make_plan(grid, args.assets)
     print(summary(plan))

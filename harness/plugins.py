@@ -176,6 +176,9 @@ _PGD_LOOP = {  # PGD's projected-ascent loop, shared by every attack that runs i
     "eot": Param("int", 1, low=1, help="purifications averaged per gradient (EOT)"),
     "random_start": Param("bool", True, help="start from a random point in the ball"),
 }
+_GRADIENT = Param("str", "exact", choices=("exact", "greybox"),
+                  help="exact: through the whole defended model (every purification step); "
+                       "greybox: the classifier alone, then purify")
 register(PluginSpec(
     "attack", "none", "harness.attacks.none:attack",
     help="clean inputs",
@@ -185,8 +188,7 @@ register(PluginSpec(
     params={
         **_BUDGET,
         **_PGD_LOOP,
-        "gradient": Param("str", "exact", choices=("exact", "greybox"),
-                          help="exact: through the whole purifier; greybox: classifier alone, then purify"),
+        "gradient": _GRADIENT,
     },
     capabilities=frozenset({"needs_gradients", "eot"}),
     label=("norm", "eps", "steps", "eot"),
@@ -205,8 +207,7 @@ register(PluginSpec(
         "eot": Param("int", 0, low=0, high=1000,
                      help="purifications averaged per APGD gradient; 0 = the version's own (rand 20, else 1)"),
         "queries": Param("int", 5000, low=1, high=1000000, help="Square's queries per example (AutoAttack: 5000)"),
-        "gradient": Param("str", "exact", choices=("exact", "greybox"),
-                          help="exact: attack the whole defended model; greybox: the classifier alone, then purify"),
+        "gradient": _GRADIENT,
     },
     capabilities=frozenset({"needs_gradients", "eot"}),
     label=("version", "norm", "eps"),
