@@ -94,7 +94,7 @@ def _step_memory(steps: int, loops: int, checkpoint: bool, batch: int, eot: int,
         base = torch.cuda.memory_allocated()
     else:
         base = _reset_peak_rss()
-    g = loss_gradient(model, x, y, "exact", eot, noise(batch))
+    g, _ = loss_gradient(model, x, y, "exact", eot, noise(batch))
     if device.startswith("cuda"):
         torch.cuda.synchronize()
         peak_mb = (torch.cuda.max_memory_allocated() - base) / 2**20

@@ -12,13 +12,23 @@ from typing import Any, Callable
 
 import torch
 
+from .attacks import AttackResult
 from .attacks.budget import distance
 from .purify.pipeline import Defended
+from .results import NONFINITE_PRED
 from .rng import ExampleNoise, derive_seed
 
-# An attack returns (x_adv, gradient evaluations per example) and, optionally, per example
-# which sub-attack fooled it ("" if none did), recorded in the `found_by` column.
-AttackFn = Callable[..., tuple]
+AttackFn = Callable[..., AttackResult]
+
+
+def predict(logits: torch.Tensor) -> list[int]:
+    """The predicted class per row; NONFINITE_PRED where a logit is NaN or infinite.
+
+    argmax of all-NaN logits is class 0: scored as a class, a NaN-producing model would be
+    "correct" on every example labelled 0. A non-finite prediction is a failure instead."""
+    pred = logits.argmax(1)
+    bad = ~torch.isfinite(logits).all(1)
+    return torch.where(bad, torch.full_like(pred, NONFINITE_PRED), pred).tolist()
 
 
 @dataclass
@@ -35,10 +45,11 @@ def evaluate_batch(model: Defended, batch: Batch, *, cell: str, attack_fn: Attac
     device = batch.x.device
     t0 = time.perf_counter()
     attack_seeds = [derive_seed(cell, seed, ex, "attack") for ex in batch.examples]
-    x_adv, grad_evals, *extra = attack_fn(model, batch.x, batch.y, attack_params,
-                                          ExampleNoise(attack_seeds, device))
-    found_by = extra[0] if extra else [None] * len(batch.examples)
-    x_adv = x_adv.detach()
+    result = attack_fn(model, batch.x, batch.y, attack_params, ExampleNoise(attack_seeds, device))
+    n = len(batch.examples)
+    found_by = result.found_by or [None] * n
+    nonfinite = result.grad_nonfinite or [0] * n
+    x_adv = result.x_adv.detach()
     attacked = x_adv is not batch.x
     norm = attack_params.get("norm", "linf")
     pert = distance(x_adv, batch.x, norm).tolist()
@@ -47,16 +58,16 @@ def evaluate_batch(model: Defended, batch: Batch, *, cell: str, attack_fn: Attac
     for run in range(eval_runs):
         run_seeds = [derive_seed(cell, seed, ex, "eval", run) for ex in batch.examples]
         with torch.no_grad():
-            clean_pred = model(batch.x, ExampleNoise(run_seeds, device)).argmax(1).tolist()
+            clean_pred = predict(model(batch.x, ExampleNoise(run_seeds, device)))
             nfe = model.purifier.nfe
-            adv_pred = (model(x_adv, ExampleNoise(run_seeds, device)).argmax(1).tolist()
-                        if attacked else clean_pred)
+            adv_pred = predict(model(x_adv, ExampleNoise(run_seeds, device))) if attacked else clean_pred
         for i, ex in enumerate(batch.examples):
             rows.append({
                 "example": ex, "data_index": batch.data_index[i], "y": y[i], "eval_run": run,
                 "clean_pred": clean_pred[i], "adv_pred": adv_pred[i],
                 "clean_correct": clean_pred[i] == y[i], "adv_correct": adv_pred[i] == y[i],
-                "perturbation": pert[i], "grad_evals": grad_evals, "found_by": found_by[i],
+                "perturbation": pert[i], "grad_evals": result.grad_evals, "found_by": found_by[i],
+                "grad_nonfinite": int(nonfinite[i]),
                 "seed_purify": run_seeds[i], "seed_attack": attack_seeds[i], "nfe": nfe,
             })
     per_row = (time.perf_counter() - t0) / max(1, len(rows))

@@ -18,6 +18,9 @@ import pyarrow.parquet as pq
 
 from .fsutil import atomic_write
 
+#: clean_pred / adv_pred of an example whose logits held a NaN or an infinity: never a class.
+NONFINITE_PRED = -1
+
 SCHEMA = pa.schema([
     ("sweep", pa.string()), ("cell", pa.string()), ("shard", pa.int32()), ("rank", pa.int32()),
     ("label", pa.string()), ("dataset", pa.string()), ("classifier", pa.string()),
@@ -28,6 +31,7 @@ SCHEMA = pa.schema([
     ("clean_pred", pa.int64()), ("adv_pred", pa.int64()),
     ("clean_correct", pa.bool_()), ("adv_correct", pa.bool_()),
     ("perturbation", pa.float64()), ("grad_evals", pa.int64()),
+    ("grad_nonfinite", pa.int64()),  # the attack's non-finite (zeroed) gradient evaluations, per example
     ("found_by", pa.string()),  # AutoAttack / Square: the sub-attack that fooled it, "" if none; else null
     ("seed_purify", pa.int64()), ("seed_attack", pa.int64()), ("nfe", pa.int64()), ("time_s", pa.float64()),
     ("cell_json", pa.string()), ("harness_version", pa.string()), ("git_rev", pa.string()),

@@ -35,8 +35,10 @@ def _params(**kw) -> dict:
 @pytest.mark.parametrize("gradient", ["exact", "greybox"])
 def test_budget_and_range(bare: Defended, data, norm: str, eps: float, gradient: str) -> None:
     x, y = data
-    xa, grads = pgd.attack(bare, x, y, _params(norm=norm, eps=eps, step_size=eps / 4, gradient=gradient),
-                           _noise(len(y)))
+    out = pgd.attack(bare, x, y, _params(norm=norm, eps=eps, step_size=eps / 4, gradient=gradient),
+                     _noise(len(y)))
+    xa, grads = out.x_adv, out.grad_evals
+    assert out.grad_nonfinite == [0] * len(y)
     assert budget.distance(xa, x, norm).max().item() <= eps + 1e-6
     assert xa.min().item() >= 0 and xa.max().item() <= 1
     assert grads == 10
@@ -46,7 +48,7 @@ def test_success_grows_with_eps(bare: Defended, data) -> None:
     x, y = data
     accs = []
     for eps in (0.0, 0.1, 0.2, 0.3):
-        xa, _ = pgd.attack(bare, x, y, _params(eps=eps, step_size=max(eps, 1e-3) / 4), _noise(len(y)))
+        xa = pgd.attack(bare, x, y, _params(eps=eps, step_size=max(eps, 1e-3) / 4), _noise(len(y))).x_adv
         with torch.no_grad():
             accs.append((bare(xa).argmax(1) == y).float().mean().item())
     assert accs == sorted(accs, reverse=True), accs
@@ -55,10 +57,10 @@ def test_success_grows_with_eps(bare: Defended, data) -> None:
 
 def test_zero_step_size_does_nothing_without_random_start(bare: Defended, data) -> None:
     x, y = data
-    xa, _ = pgd.attack(bare, x, y, _params(step_size=0.0, random_start=False), _noise(len(y)))
+    xa = pgd.attack(bare, x, y, _params(step_size=0.0, random_start=False), _noise(len(y))).x_adv
     assert torch.equal(xa, x)
-    xn, g = none.attack(bare, x, y, {}, _noise(len(y)))
-    assert xn is x and g == 0
+    out = none.attack(bare, x, y, {}, _noise(len(y)))
+    assert out.x_adv is x and out.grad_evals == 0
 
 
 def test_exact_gradient_flows_through_the_purifier(data) -> None:
@@ -66,9 +68,10 @@ def test_exact_gradient_flows_through_the_purifier(data) -> None:
     x, y = data[0][:4], data[1][:4]
     model = Defended(Purifier(PurifierConfig(rounds=[0.05] * 2, steps=2), load_denoiser("digits-ddpm")),
                      load_classifier({}))
-    g1 = pgd.loss_gradient(model, x, y, "exact", 1, _noise(4, "g"))
-    g4 = pgd.loss_gradient(model, x, y, "exact", 4, _noise(4, "g"))
+    g1, bad1 = pgd.loss_gradient(model, x, y, "exact", 1, _noise(4, "g"))
+    g4, bad4 = pgd.loss_gradient(model, x, y, "exact", 4, _noise(4, "g"))
+    assert bad1.tolist() == bad4.tolist() == [0] * 4
     assert g1.abs().sum() > 0 and torch.isfinite(g4).all()
     assert (g1 - g4).norm() > 0.05 * g4.norm()  # four purifications are not one (CE gradients are tiny: compare relatively)
-    again = pgd.loss_gradient(model, x, y, "exact", 4, _noise(4, "g"))
+    again, _ = pgd.loss_gradient(model, x, y, "exact", 4, _noise(4, "g"))
     assert torch.equal(g4, again)  # the attack's randomness is seeded per example

@@ -60,7 +60,8 @@ def test_budget_and_range(bare: Defended, data, name: str, norm: str, eps: float
     x, y = data
     extra = ({"version": "custom", "attacks": list(autoattack.SUB_ATTACKS), "steps": 5, "queries": 50}
              if name == "autoattack" else {})
-    xa, grads, *_ = ATTACKS[name](bare, x, y, _params(name, norm=norm, eps=eps, **extra), _noise(N))
+    res = ATTACKS[name](bare, x, y, _params(name, norm=norm, eps=eps, **extra), _noise(N))
+    xa, grads = res.x_adv, res.grad_evals
     assert xa.shape == x.shape
     assert budget.distance(xa, x, norm).max().item() <= eps + 1e-6
     assert xa.min().item() >= 0 and xa.max().item() <= 1
@@ -89,8 +90,9 @@ def test_autoattack_rand_on_a_stochastic_purifier(data) -> None:
 def test_autoattack_greybox_never_runs_the_purifier(data) -> None:
     x, y = data[0][:8], data[1][:8]
     model = _tiny()
-    xa, grads, _ = autoattack.attack(model, x, y, _params("autoattack", version="custom", attacks=["apgd-ce"],
-                                                          gradient="greybox", eps=0.2), _noise(8))
+    out = autoattack.attack(model, x, y, _params("autoattack", version="custom", attacks=["apgd-ce"],
+                                                 gradient="greybox", eps=0.2), _noise(8))
+    xa, grads = out.x_adv, out.grad_evals
     assert model.purifier.nfe == 0 and grads > 0
     assert budget.distance(xa, x, "linf").max().item() <= 0.2 + 1e-6
 
@@ -103,7 +105,7 @@ def test_success_does_not_fall_as_eps_grows(bare: Defended, data, name: str) -> 
     extra = {"version": "custom", "attacks": ["apgd-ce", "apgd-t"]} if name == "autoattack" else {}
     accs = []
     for eps in (0.1, 0.2, 0.3):
-        xa, *_ = ATTACKS[name](bare, x, y, _params(name, eps=eps, **extra), _noise(N))
+        xa = ATTACKS[name](bare, x, y, _params(name, eps=eps, **extra), _noise(N)).x_adv
         accs.append(_acc(bare, xa, y))
     assert accs == sorted(accs, reverse=True), accs
     assert accs[-1] < 0.5, accs  # every one of them breaks the bare classifier at 0.3
@@ -113,8 +115,9 @@ def test_autoattack_standard_breaks_the_bare_classifier(bare: Defended, data) ->
     """The full standard version at Linf 0.3 (measured: 0 of 20 robust)."""
     x, y = data
     assert _acc(bare, x, y) == 1.0
-    xa, grads, found_by = autoattack.attack(bare, x, y, _params("autoattack", eps=0.3, steps=100, queries=5000),
-                                            _noise(N))
+    res = autoattack.attack(bare, x, y, _params("autoattack", eps=0.3, steps=100, queries=5000), _noise(N))
+    xa, grads, found_by = res.x_adv, res.grad_evals, res.found_by
+    assert res.grad_nonfinite == [0] * N
     xb, out = autoattack.run(bare, x, y, _noise(N), eps=0.3, steps=100, queries=5000)
     assert torch.equal(xa, xb) and found_by == out.found_by  # the plugin is `run`, seeded the same
     assert _acc(bare, xa, y) <= 0.05
@@ -151,20 +154,20 @@ def test_autoattack_rejects_inconsistent_attack_lists(bare: Defended, data) -> N
 
 def test_bpda_gradient_is_exact_without_a_purifier(bare: Defended, data) -> None:
     x, y = data
-    exact = pgd.loss_gradient(bare, x, y, "exact", 1, _noise(N))
+    exact, _ = pgd.loss_gradient(bare, x, y, "exact", 1, _noise(N))
     for tb in bpda.TUCKER_BACKWARD:
-        assert torch.allclose(bpda.loss_gradient(bare, x, y, 1, _noise(N), tb), exact, atol=1e-7, rtol=1e-5)
+        assert torch.allclose(bpda.loss_gradient(bare, x, y, 1, _noise(N), tb)[0], exact, atol=1e-7, rtol=1e-5)
 
 
 def test_bpda_gradient_differs_through_a_diffusion_purifier(data) -> None:
     x, y = data[0][:8], data[1][:8]
     model = _tiny()
-    exact = pgd.loss_gradient(model, x, y, "exact", 2, _noise(8, "g"))
-    approx = bpda.loss_gradient(model, x, y, 2, _noise(8, "g"))
+    exact, _ = pgd.loss_gradient(model, x, y, "exact", 2, _noise(8, "g"))
+    approx, _ = bpda.loss_gradient(model, x, y, 2, _noise(8, "g"))
     assert approx.abs().sum() > 0 and torch.isfinite(approx).all()
     assert (approx - exact).norm() > 0.05 * exact.norm()
     # no Tucker step: keeping its exact backward changes nothing
-    assert torch.allclose(bpda.loss_gradient(model, x, y, 2, _noise(8, "g"), "exact"), approx,
+    assert torch.allclose(bpda.loss_gradient(model, x, y, 2, _noise(8, "g"), "exact")[0], approx,
                           atol=1e-7, rtol=1e-5)
 
 
@@ -176,8 +179,8 @@ def test_bpda_tucker_backward(data) -> None:
         plain = model(x, _noise(4, "t"))
     st = bpda.logits(model, x, _noise(4, "t"), "exact")
     assert torch.equal(st.detach(), plain) and not model.purifier.straight_through
-    through_tucker = bpda.loss_gradient(model, x, y, 1, _noise(4, "t"), "exact")
-    identity = bpda.loss_gradient(model, x, y, 1, _noise(4, "t"), "identity")
+    through_tucker, _ = bpda.loss_gradient(model, x, y, 1, _noise(4, "t"), "exact")
+    identity, _ = bpda.loss_gradient(model, x, y, 1, _noise(4, "t"), "identity")
     assert torch.isfinite(through_tucker).all()
     assert (through_tucker - identity).norm() > 0.05 * identity.norm()
 
@@ -201,7 +204,8 @@ def test_square_uses_no_gradients(data) -> None:
     x, y = data[0][:8], data[1][:8]
     spy = _Spy(load_classifier({}))
     model = Defended(_tiny().purifier, spy)
-    xa, grads, found_by = square.attack(model, x, y, _params("square", eps=0.2, queries=30), _noise(8))
+    res = square.attack(model, x, y, _params("square", eps=0.2, queries=30), _noise(8))
+    xa, grads, found_by = res.x_adv, res.grad_evals, res.found_by
     assert grads == 0 and len(found_by) == 8
     assert spy.calls > 30 and spy.graph_calls == 0
     assert all(p.grad is None for p in model.parameters())

@@ -39,7 +39,9 @@ import torch
 from torch import nn
 
 from ..rng import ExampleNoise, derive_seed
+from . import AttackResult
 from .budget import project
+from .finite import sanitize
 
 VERSIONS = ("standard", "rand", "custom")
 SUB_ATTACKS = ("apgd-ce", "apgd-dlr", "apgd-t", "fab", "fab-t", "square")
@@ -56,25 +58,52 @@ class Outcomes:
     found_by: list[str]  # per example: the sub-attack whose point fooled the model, CLEAN, or "" (robust)
     robust_after: dict[str, float] = field(default_factory=dict)  # robust accuracy after each sub-attack
     grad_evals: int = 0  # gradient evaluations per example (measured; rounded up)
+    grad_nonfinite: list[int] = field(default_factory=list)  # per example (attacks.finite)
 
     @property
     def robust(self) -> list[bool]:
         return [f == "" for f in self.found_by]
 
 
+class _Sanitize(torch.autograd.Function):
+    """Identity forward; backward zeroes the non-finite rows of the input gradient (the
+    gradient AutoAttack then sees) and counts them on the Target (attacks.finite)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, target: "Target") -> torch.Tensor:  # type: ignore[override]
+        ctx.target = target
+        ctx.save_for_backward(x)
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
+        grad, bad = sanitize(grad)
+        if bad.any():
+            (x,) = ctx.saved_tensors
+            ctx.target.count_nonfinite(x[bad])
+        return grad, None
+
+
 class Target(nn.Module):
     """The model AutoAttack sees: forward(x) = logits of the defended model (or of its
     classifier alone for greybox), with fresh per-call noise; counts the example-gradients
-    that flow back through it."""
+    that flow back through it, and the non-finite ones per example of `reference` (the
+    batch being attacked), zeroing those before AutoAttack sees them."""
 
-    def __init__(self, model: nn.Module, noise: ExampleNoise, greybox: bool = False):
+    def __init__(self, model: nn.Module, noise: ExampleNoise, greybox: bool = False,
+                 reference: torch.Tensor | None = None):
         super().__init__()
         self.model = model
         self.noise = noise
         self.greybox = greybox
         self.backward_rows = 0
+        self.reference = reference
+        n = len(noise) if reference is None else reference.shape[0]
+        self.nonfinite = torch.zeros(n, dtype=torch.long)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.requires_grad:
+            x = _Sanitize.apply(x, self)
         if self.greybox:
             out = self.model.classifier(x)
         else:
@@ -86,6 +115,17 @@ class Target(nn.Module):
 
     def _count(self, grad: torch.Tensor) -> None:
         self.backward_rows += grad.shape[0]
+
+    def count_nonfinite(self, rows: torch.Tensor) -> None:
+        """AutoAttack subsets and reorders its batches, so a row is attributed to the example
+        it lies nearest to (in L∞): the one whose eps-ball holds it."""
+        if self.reference is None:
+            self.nonfinite[: rows.shape[0]] += 1
+            return
+        ref = self.reference.to(rows.device, rows.dtype).flatten(1)
+        d = (rows.detach().flatten(1).unsqueeze(1) - ref.unsqueeze(0)).abs().amax(-1)
+        for i in d.argmin(1).tolist():
+            self.nonfinite[i] += 1
 
 
 def _autoattack_class() -> type:
@@ -143,7 +183,7 @@ def run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, noise: ExampleNoise,
     at a time on the examples still robust. Returns (x_adv, outcomes)."""
     if gradient not in ("exact", "greybox"):
         raise ValueError(f"gradient must be 'exact' or 'greybox', not {gradient!r}")
-    target = Target(model, noise, greybox=gradient == "greybox")
+    target = Target(model, noise, greybox=gradient == "greybox", reference=x.detach())
     seed = derive_seed("autoattack", *noise.seeds)
     aa = build(target, version=version, attacks=attacks, norm=norm, eps=eps, steps=steps, eot=eot,
                queries=queries, seed=seed, device=x.device)
@@ -176,13 +216,13 @@ def run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, noise: ExampleNoise,
     # AutoAttack keeps its points in the ball up to rounding; make the budget a guarantee.
     x_adv = project(x_adv, x.detach(), norm, eps)
     grads = math.ceil(target.backward_rows / max(1, n))
-    return x_adv, Outcomes(order, found_by, robust_after, grads)
+    return x_adv, Outcomes(order, found_by, robust_after, grads, target.nonfinite.tolist())
 
 
 def attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, params: dict[str, Any],
-           noise: ExampleNoise) -> tuple[torch.Tensor, int, list[str]]:
-    """The `autoattack` plugin: returns (x_adv, gradient evaluations per example, found_by)."""
+           noise: ExampleNoise) -> AttackResult:
+    """The `autoattack` plugin."""
     x_adv, outcomes = run(model, x, y, noise, version=params["version"], attacks=params.get("attacks") or None,
                           norm=params["norm"], eps=params["eps"], steps=params["steps"], eot=params["eot"],
                           queries=params["queries"], gradient=params["gradient"])
-    return x_adv, outcomes.grad_evals, outcomes.found_by
+    return AttackResult(x_adv, outcomes.grad_evals, outcomes.found_by, outcomes.grad_nonfinite)

@@ -16,7 +16,7 @@ from typing import Any, Iterator
 import torch
 
 from ..rng import ExampleNoise
-from . import pgd
+from . import AttackResult, pgd
 
 TUCKER_BACKWARD = ("identity", "exact")
 
@@ -45,14 +45,14 @@ def logits(model: torch.nn.Module, x: torch.Tensor, noise: ExampleNoise, tucker_
 
 
 def loss_gradient(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eot: int, noise: ExampleNoise,
-                  tucker_backward: str = "identity") -> torch.Tensor:
-    """The BPDA gradient of the summed cross-entropy, averaged over `eot` purifications."""
+                  tucker_backward: str = "identity") -> tuple[torch.Tensor, torch.Tensor]:
+    """The BPDA gradient of the summed cross-entropy, averaged over `eot` purifications, with
+    the per-example count of non-finite gradients (pgd.eot_gradient)."""
     return pgd.eot_gradient(lambda v, n: logits(model, v, n, tucker_backward), x, y, eot, noise)
 
 
 def attack(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, params: dict[str, Any],
-           noise: ExampleNoise) -> tuple[torch.Tensor, int]:
-    """Returns (x_adv, gradient evaluations per example)."""
+           noise: ExampleNoise) -> AttackResult:
     eot, tb = params["eot"], params["tucker_backward"]
-    x_adv = pgd.run(x, lambda xa: loss_gradient(model, xa, y, eot, noise, tb), params, noise)
-    return x_adv, params["steps"] * eot
+    x_adv, nonfinite = pgd.run(x, lambda xa: loss_gradient(model, xa, y, eot, noise, tb), params, noise)
+    return AttackResult(x_adv, params["steps"] * eot, grad_nonfinite=nonfinite)

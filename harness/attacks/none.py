@@ -6,8 +6,9 @@ from typing import Any
 import torch
 
 from ..rng import ExampleNoise
+from . import AttackResult
 
 
 def attack(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, params: dict[str, Any],
-           noise: ExampleNoise) -> tuple[torch.Tensor, int]:
-    return x, 0
+           noise: ExampleNoise) -> AttackResult:
+    return AttackResult(x, 0)

@@ -15,48 +15,57 @@ import torch
 import torch.nn.functional as F
 
 from ..rng import ExampleNoise, tile
+from . import AttackResult
 from .budget import ascent, project, random_start
+from .finite import sanitize
 
 LogitsFn = Callable[[torch.Tensor, ExampleNoise], torch.Tensor]  # (x, noise) -> logits
-GradientFn = Callable[[torch.Tensor], torch.Tensor]  # x_adv -> loss gradient at x_adv
+# x_adv -> (loss gradient at x_adv, per example: how many of its EOT gradients were non-finite)
+GradientFn = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
 def eot_gradient(logits_fn: LogitsFn, x: torch.Tensor, y: torch.Tensor, eot: int,
-                 noise: ExampleNoise) -> torch.Tensor:
+                 noise: ExampleNoise) -> tuple[torch.Tensor, torch.Tensor]:
     """∇_x of the summed cross-entropy of logits_fn, averaged over `eot` draws in one batched
-    pass (copy j of example i draws from example i's generator)."""
-    x = x.detach().requires_grad_(True)
-    reps = x.repeat(eot, *([1] * (x.dim() - 1)))
+    pass (copy j of example i draws from example i's generator), and per example the number
+    of its `eot` gradients that were non-finite. Those are zeroed (a NaN must not poison the
+    step) and counted, never dropped silently: see attacks.finite."""
+    n = x.shape[0]
+    reps = x.detach().repeat(eot, *([1] * (x.dim() - 1))).requires_grad_(True)
     logits = logits_fn(reps, tile(noise, eot))
     loss = F.cross_entropy(logits, y.repeat(eot), reduction="sum") / eot
-    (grad,) = torch.autograd.grad(loss, x)
-    # A NaN from a degenerate SVD must not poison the step; a zero step is visible in the results.
-    return torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0)
+    (grad,) = torch.autograd.grad(loss, reps)  # per copy: each copy's loss reaches only it
+    grad, bad = sanitize(grad)
+    return grad.view(eot, n, *x.shape[1:]).sum(0), bad.view(eot, n).sum(0)
 
 
 def loss_gradient(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, gradient: str,
-                  eot: int, noise: ExampleNoise) -> torch.Tensor:
-    """∇_x of the summed cross-entropy, averaged over EOT purifications (one batched pass)."""
+                  eot: int, noise: ExampleNoise) -> tuple[torch.Tensor, torch.Tensor]:
+    """∇_x of the summed cross-entropy, averaged over EOT purifications (one batched pass),
+    with the per-example count of non-finite gradients."""
     if gradient == "greybox":
         return eot_gradient(lambda v, _noise: model.classifier(v), x, y, 1, noise)
     return eot_gradient(model, x, y, eot, noise)
 
 
 def run(x: torch.Tensor, gradient_fn: GradientFn, params: dict[str, Any],
-        noise: ExampleNoise) -> torch.Tensor:
+        noise: ExampleNoise) -> tuple[torch.Tensor, list[int]]:
     """The PGD loop: `steps` steepest-ascent steps of `step_size` along gradient_fn, each
-    projected onto the (norm, eps) ball around x and [0,1]; random start if asked."""
+    projected onto the (norm, eps) ball around x and [0,1]; random start if asked.
+    Returns (x_adv, per example the number of non-finite gradient evaluations met)."""
     norm, eps = params["norm"], params["eps"]
     x_adv = random_start(x, norm, eps, noise) if params["random_start"] else x.clone()
+    nonfinite = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
     for _ in range(params["steps"]):
-        g = gradient_fn(x_adv)
+        g, bad = gradient_fn(x_adv)
+        nonfinite += bad
         x_adv = project(x_adv + ascent(g, norm, params["step_size"]), x, norm, eps).detach()
-    return x_adv
+    return x_adv, nonfinite.tolist()
 
 
 def attack(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, params: dict[str, Any],
-           noise: ExampleNoise) -> tuple[torch.Tensor, int]:
-    """Returns (x_adv, gradient evaluations per example)."""
+           noise: ExampleNoise) -> AttackResult:
     eot = 1 if params["gradient"] == "greybox" else params["eot"]
-    x_adv = run(x, lambda xa: loss_gradient(model, xa, y, params["gradient"], eot, noise), params, noise)
-    return x_adv, params["steps"] * eot
+    x_adv, nonfinite = run(x, lambda xa: loss_gradient(model, xa, y, params["gradient"], eot, noise),
+                           params, noise)
+    return AttackResult(x_adv, params["steps"] * eot, grad_nonfinite=nonfinite)

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from ..rng import ExampleNoise
-from . import autoattack
+from . import AttackResult, autoattack
 
 
 class _NoVersionAdvice(logging.Filter):
@@ -25,8 +25,8 @@ class _NoVersionAdvice(logging.Filter):
 
 
 def attack(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, params: dict[str, Any],
-           noise: ExampleNoise) -> tuple[torch.Tensor, int, list[str]]:
-    """Returns (x_adv, 0, found_by): Square evaluates no gradient."""
+           noise: ExampleNoise) -> AttackResult:
+    """Square evaluates no gradient: grad_evals 0."""
     log, quiet = logging.getLogger("auto-attack"), _NoVersionAdvice()
     log.addFilter(quiet)
     try:
@@ -36,4 +36,4 @@ def attack(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, params: dic
     finally:
         log.removeFilter(quiet)
     assert outcomes.grad_evals == 0, "Square must not evaluate gradients"
-    return x_adv, 0, outcomes.found_by
+    return AttackResult(x_adv, 0, outcomes.found_by)
