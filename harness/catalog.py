@@ -68,7 +68,8 @@ class Asset:
     def pinned(self) -> bool:
         """True when the project knows a published checksum for it."""
         return bool(self.sha256 or self.sha256_prefix or self.md5
-                    or any(v.get("md5") or v.get("sha256") for v in self.files.values()))
+                    or any(v.get("md5") or v.get("sha256") or v.get("sha256_prefix")
+                           for v in self.files.values()))
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,49 @@ def load_catalog() -> Catalog:
     return _load_catalog(CATALOG, Path(site).absolute() if site else None)
 
 
+# Every key a catalogue may hold: a misspelt one (`sha265:`) would otherwise leave an asset
+# silently unpinned, so anything else is refused.
+TOP_KEYS = ("architectures", "assets")
+ARCH_KEYS = ("build", "params", "input", "gflops", "kwargs", "plugin", "plugin_params", "denoiser")
+ASSET_KEYS = ("kind", "path", "published", "arch", "format", "files", "images", "md5", "sha256",
+              "sha256_prefix", "plugin")
+FILE_KEYS = ("md5", "sha256", "sha256_prefix", "optional")
+IMAGES_KEYS = ("under", "count")
+FORMATS = ("file", "diffusers", "score-sde", "dataset")
+
+
+def _mapping(path: Path, where: str, value: Any) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise UsageError(f"{path}: {where}: a mapping is expected, not {type(value).__name__} {value!r}")
+    return value
+
+
+def _keys(path: Path, where: str, value: Any, allowed: tuple[str, ...]) -> dict[str, Any]:
+    """`value` as a mapping holding only `allowed` keys; UsageError naming file, entry and key."""
+    value = _mapping(path, where, value)
+    unknown = [str(k) for k in value if k not in allowed]
+    if unknown:
+        raise UsageError(f"{path}: {where}: unknown key(s) {', '.join(map(repr, unknown))}; "
+                         f"allowed: {', '.join(allowed)}")
+    return value
+
+
+def check_keys(raw: Any, path: Path) -> dict[str, Any]:
+    """One catalogue file's raw content, refused (UsageError) if any mapping holds an unknown key."""
+    raw = _keys(path, "top level", raw, TOP_KEYS)
+    for name, arch in _mapping(path, "architectures", raw.get("architectures")).items():
+        _keys(path, f"architectures.{name}", arch, ARCH_KEYS)
+    for name, asset in _mapping(path, "assets", raw.get("assets")).items():
+        entry = _keys(path, f"assets.{name}", asset, ASSET_KEYS)
+        for rel, sums in _mapping(path, f"assets.{name}.files", entry.get("files")).items():
+            _keys(path, f"assets.{name}.files.{rel}", sums, FILE_KEYS)
+        if entry.get("images") is not None:
+            _keys(path, f"assets.{name}.images", entry["images"], IMAGES_KEYS)
+    return raw
+
+
 @lru_cache(maxsize=None)
 def _load_catalog(bundled: Path, site: Path | None) -> Catalog:
     merged: dict[str, dict[str, Any]] = {"architectures": {}, "assets": {}}
@@ -94,11 +138,12 @@ def _load_catalog(bundled: Path, site: Path | None) -> Catalog:
         if path is None:
             continue
         try:
-            raw = yaml.safe_load(path.read_text()) or {}
-            for section in merged:
-                merged[section].update(raw.get(section) or {})
-        except (OSError, yaml.YAMLError, AttributeError) as exc:
+            raw = yaml.safe_load(path.read_text())
+        except (OSError, yaml.YAMLError) as exc:
             raise UsageError(f"{path}: not a readable asset catalogue ({' '.join(str(exc).split())})") from None
+        raw = check_keys(raw, path)
+        for section in merged:
+            merged[section].update(raw.get(section) or {})
     try:
         return _parse(merged)
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
@@ -121,9 +166,15 @@ def _parse(raw: dict[str, Any]) -> Catalog:
             raise ValueError(f"assets.{n}.arch: {a['arch']!r} is not an architecture")
         if a["kind"] != "dataset" and a.get("arch") is None:
             raise ValueError(f"assets.{n}.arch: required for a {a['kind']}")
+        if a["kind"] == "classifier" and archs[a["arch"]].plugin is None:
+            # `harness stage` and the run both build a classifier through its plugin
+            raise ValueError(f"assets.{n}.arch: {a['arch']!r} names no classifier `plugin`")
         fmt = a.get("format", "dataset" if a["kind"] == "dataset" else "file")
+        if fmt not in FORMATS:
+            raise ValueError(f"assets.{n}.format: {fmt!r} not in {FORMATS}")
         assets[n] = Asset(name=n, kind=a["kind"], path=a["path"], published=a["published"],
-                          arch=a.get("arch"), format=fmt, files=dict(a.get("files", {}) or {}),
+                          arch=a.get("arch"), format=fmt,
+                          files={rel: dict(v or {}) for rel, v in (a.get("files") or {}).items()},
                           images=a.get("images"), md5=a.get("md5"), sha256=a.get("sha256"),
                           sha256_prefix=a.get("sha256_prefix"), plugin=a.get("plugin"))
     return Catalog(archs, assets)

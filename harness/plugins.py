@@ -50,13 +50,6 @@ register(PluginSpec(
 ))
 
 # ---------------------------------------------------------------- classifiers
-register(PluginSpec(
-    "classifier", "digits-cnn", "harness.models.bundled:load_classifier",
-    params={},
-    capabilities=frozenset({"bundled"}),
-    help="small CNN trained on the digits by `harness train`, shipped in the package",
-))
-
 _CHECKPOINT = {
     "path": Param("str", asset="classifier",
                   help="local checkpoint (.safetensors, or .pt/.pth loaded with weights_only), "
@@ -64,6 +57,15 @@ _CHECKPOINT = {
     "sha256": Param("str", "", help="expected sha256 of the file; empty = the catalogue's or "
                                     "`harness stage`'s record for an asset, else not checked"),
 }
+register(PluginSpec(
+    "classifier", "digits-cnn", "harness.models.bundled:load_classifier",
+    params={"path": Param("str", "", asset="classifier",
+                          help="empty = the bundled weights; else a checkpoint of the same network "
+                               "(e.g. one `harness train` wrote)"),
+            "sha256": _CHECKPOINT["sha256"]},
+    capabilities=frozenset({"bundled"}),
+    help="small CNN trained on the digits by `harness train`, shipped in the package",
+))
 _CLASSES = {"classes": Param("int", 10, choices=(10, 100), help="outputs: 10 (CIFAR-10) or 100 (CIFAR-100)")}
 register(PluginSpec(
     "classifier", "wrn-28-10", "harness.models.zoo:load_wrn_28_10", params={**_CHECKPOINT, **_CLASSES},
@@ -81,6 +83,11 @@ register(PluginSpec(
 register(PluginSpec(
     "classifier", "resnet-18-binary", "harness.models.zoo:load_resnet18_binary", params=dict(_CHECKPOINT),
     help="ResNet-18 with 2 outputs (torchvision keys): a CelebA-HQ attribute classifier",
+))
+register(PluginSpec(
+    "classifier", "resnet-18-cifar", "harness.models.zoo:load_resnet18_cifar", params=dict(_CHECKPOINT),
+    help="CIFAR-10 ResNet-18 (AutoAttack/pyautoattack examples/resnet.py keys: shortcut, linear), "
+         "no normalisation, inputs in [0,1]",
 ))
 
 # ---------------------------------------------------------------- purifiers

@@ -1,9 +1,11 @@
 """`harness stage <asset dir>`: check a local asset directory against the catalogue.
 
 For each catalogued asset: present where the catalogue says; published checksums match;
-a checkpoint's keys and shapes fit its architecture exactly and its parameter count is the
-published one (the model is built on the meta device, so a 552 M backbone costs nothing);
-an image folder holds the expected number of images. What verified is recorded, with each
+the checkpoint loads through the very function the run loads it with (a classifier: its
+plugin's network and strict load, `zoo.build_classifier` + `checkpoints.fit_problem`; a
+backbone: `denoisers.load_catalogued`), built on the meta device where the format allows, so
+a 552 M backbone costs no memory, and its parameter count is the published one; an image
+folder holds the expected number of images. What verified is recorded, with each
 file's size, mtime and sha256, in <asset dir>/harness-assets.lock.json: later submissions
 check it cheaply, and unpinned checkpoints are held to the sha256 recorded here.
 Nothing is ever downloaded: the report says where each missing asset is published.
@@ -20,7 +22,7 @@ from typing import Any, Callable
 
 from .catalog import (IMAGE_SUFFIXES, LOCK, Arch, Asset, Catalog, file_problem, file_stamp,
                       load_catalog, read_lock)
-from .errors import AssetError
+from .errors import AssetError, UsageError
 from .fsutil import atomic_write, file_digest
 
 
@@ -53,30 +55,40 @@ def _record(path: Path) -> dict[str, Any]:
     return {**file_stamp(path), "sha256": file_digest(path, "sha256")}
 
 
-def read_state(weights: Path, fmt: str) -> dict[str, Any]:
-    """The state dict a weights file holds, read the way its loader reads it (never unpickling objects)."""
-    if fmt == "score-sde":
-        from .models.score_sde import load_score_sde_checkpoint
-
-        return load_score_sde_checkpoint(weights)
-    from .models.checkpoints import load_checkpoint
-
-    return load_checkpoint(weights)
+def _record_files(res: Result, path: Path, rels: list[str]) -> None:
+    for rel in rels:  # rel "" is the single-file asset itself (path / "" is path)
+        res.files[rel] = _record(path / rel)
 
 
-def _check_fit(model: Any, weights: Path, arch: Arch, fmt: str) -> tuple[int, str | None]:
-    """(parameter count, problem or None) for a weights file against an architecture."""
-    from .models.checkpoints import fit_problems, shapes_of, target_module
+def check_classifier(arch: Arch, path: Path, sha256: str | None = None) -> Any:
+    """The classifier network the run builds for this architecture (its plugin, the plugin's
+    resolved parameters), on the meta device, holding the file's state exactly as the run's
+    strict load would; AssetError otherwise."""
+    import torch
 
+    from . import registry
+    from .models.checkpoints import fit_problem
+    from .models.zoo import build_classifier, read_classifier_state
+
+    if arch.plugin is None:
+        raise AssetError(f"architecture {arch.name} names no classifier plugin to build it")
+    # the parameters a grid cell naming this checkpoint resolves to (catalog.check_cells holds
+    # a cell to the architecture's plugin_params), so the network is the run's own
+    params = registry.get("classifier", arch.plugin).resolve(
+        {**arch.plugin_params, "path": str(path)}, "<catalogue>", f"architectures.{arch.name}")
+    with torch.device("meta"):
+        try:
+            model = build_classifier(arch.plugin, params)
+        except KeyError as exc:  # a plugin that takes no checkpoint file
+            raise AssetError(f"architecture {arch.name}: {exc.args[0]}") from None
     n = count_params(model)
     if n != arch.params:
-        return n, f"the architecture has {n:,} parameters, not the published {arch.params:,}"
-    try:
-        state = read_state(weights, fmt)
-    except AssetError as exc:
-        return n, str(exc)
-    problem = fit_problems(shapes_of(target_module(model).state_dict()), shapes_of(state))
-    return n, (f"{weights.name} does not fit {arch.name}: {problem}" if problem else None)
+        raise AssetError(f"{arch.plugin} builds {n:,} parameters, not the published {arch.params:,} "
+                         f"of {arch.name}")
+    problem = fit_problem(model, read_classifier_state(arch.plugin, path, sha256))
+    if problem:
+        raise AssetError(f"{path.name} does not fit {arch.name}: {problem}")
+    return model
 
 
 def _checksums(asset: Asset, rel: str, rec: dict[str, Any], path: Path) -> str | None:
@@ -95,7 +107,6 @@ def check_asset(asset: Asset, root: Path, catalog: Catalog) -> Result:
     if not path.exists():
         return Result(asset.name, "missing", f"expected at {path}; published: {asset.published}")
     res = Result(asset.name, "ok")
-    arch = catalog.archs.get(asset.arch or "")
     try:
         if asset.kind == "dataset":
             for rel, spec in asset.files.items():
@@ -114,33 +125,28 @@ def check_asset(asset: Asset, root: Path, catalog: Catalog) -> Result:
                     return Result(asset.name, "bad", f"{path / asset.images['under']}: {n} images, "
                                                      f"expected {asset.images['count']}")
             return res
-        if asset.format == "diffusers":
-            from .models.denoisers import (build_unet, check_schedule, read_unet_config, unet_folder,
-                                           weights_file)
+        from .models.denoisers import files_of, load_catalogued
 
-            check_schedule(path)  # what every load refuses, stage refuses
-            folder = unet_folder(path)
-            weights = weights_file(folder)
-            import torch
-
-            with torch.device("meta"):
-                model = build_unet(read_unet_config(folder))
-            for f in (folder / "config.json", weights):
-                res.files[str(f.relative_to(path))] = _record(f)
-        else:
-            if not path.is_file():
-                return Result(asset.name, "bad", f"{path} is not a file")
-            model, weights = build_on_meta(arch), path
-            res.files[""] = _record(path)
+        arch = catalog.archs[asset.arch or ""]
+        rels = files_of(asset, path) if asset.kind == "denoiser" else [""]
+        if rels == [""] and not path.is_file():
+            return Result(asset.name, "bad", f"{path} is not a file")
+        _record_files(res, path, rels)
+        if "" in res.files:
             bad = _checksums(asset, "", res.files[""], path)
             if bad:
                 return Result(asset.name, "bad", bad)
-        res.params, problem = _check_fit(model, weights, arch, asset.format)
-        if problem:
-            return Result(asset.name, "bad", problem, params=res.params)
+        # Through the run's own loader, each file held to the sha256 just recorded (so what is
+        # recorded is what was checked); single-file models built on the meta device.
+        sha = {rel: rec["sha256"] for rel, rec in res.files.items()}
+        if asset.kind == "denoiser":
+            model = load_catalogued(asset, arch, path, sha.get, meta=True)
+        else:
+            model = check_classifier(arch, path, sha[""])
+        res.params = count_params(model)
         res.detail = f"{arch.name}, {res.params:,} parameters" + ("" if asset.pinned else
                                                                   ", unpinned: sha256 recorded")
-    except AssetError as exc:
+    except UsageError as exc:  # AssetError, or a GridError from a catalogued plugin's parameters
         return Result(asset.name, "bad", str(exc))
     return res
 

@@ -5,6 +5,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 TORCH_PIN=${TORCH_PIN:-torch==2.13.0}
+# Original architecture code the tests compare against; --no-deps: its import needs only
+# torch when the files are loaded by path (the package itself imports timm, not needed).
+ORIGINALS="robustbench==1.1.1"
 extra=""
 [ "${1:-}" = "--test" ] && extra="[test]"
 if [ ! -x .venv/bin/python ]; then
@@ -26,4 +29,11 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   pipi "$TORCH_PIN"
   pipi -e ".${extra}"
   .venv/bin/python -c "import torch, harness" && touch "$stamp"
+fi
+if [ -n "$extra" ]; then  # --test: the originals, each only when its pinned version is absent
+  for pin in $ORIGINALS; do
+    if ! .venv/bin/python -c "import importlib.metadata as m, sys; sys.exit(m.version('${pin%%==*}') != '${pin#*==}')" 2>/dev/null; then
+      pipi --no-deps "$pin"
+    fi
+  done
 fi

@@ -186,3 +186,61 @@ def test_report_warns_when_a_cell_mixes_asset_files(tmp_path: Path) -> None:
     text = describe(df, summary, tmp_path)
     assert "WARNING: 1 cell(s) mix rows computed from different asset files" in text and ": a" in text
     assert "WARNING" not in describe(df[df.cell == "b"], summary, tmp_path)
+
+
+# A site catalogue with one misspelt or unknown key where each kind of mapping can hold one.
+_SITE_ASSET = {"kind": "classifier", "arch": "wrn-28-10", "path": "models/mine.pt", "published": "mine"}
+_BAD_KEYS = {
+    "asset": ({"assets": {"mine": {**_SITE_ASSET, "sha265": "0" * 64}}}, "assets.mine", "sha265"),
+    "arch": ({"architectures": {"mine": {"build": "m:f", "params": 1, "input": [1], "gflops": 1.0,
+                                         "parms": 2}}}, "architectures.mine", "parms"),
+    "file": ({"assets": {"ds": {"kind": "dataset", "path": "ds", "published": "x",
+                                "files": {"a/b.txt": {"md5": "0" * 32, "shaa256": "1"}}}}},
+             "assets.ds.files.a/b.txt", "shaa256"),
+    "images": ({"assets": {"ds": {"kind": "dataset", "path": "ds", "published": "x",
+                                  "images": {"under": "val", "cont": 3}}}}, "assets.ds.images", "cont"),
+    "top": ({"asset": {"mine": _SITE_ASSET}}, "top level", "asset"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(_BAD_KEYS))
+def test_unknown_catalogue_keys_are_refused(case: str, tmp_path: Path) -> None:
+    """`sha265:` for `sha256:` would leave the asset unpinned and trusted: every command that reads
+    the catalogue refuses it (exit 2), naming the file, the entry, the key and the allowed keys."""
+    import os
+
+    import yaml
+
+    from conftest import TINY_GRID, harness
+
+    raw, entry, key = _BAD_KEYS[case]
+    site = tmp_path / "site-catalog.yaml"
+    site.write_text(yaml.safe_dump(raw))
+    env = {**os.environ, "HARNESS_CATALOG": str(site)}
+    (tmp_path / "tiny.yaml").write_text(TINY_GRID)
+    for cmd in (("stage", "--list"), ("plan", "--grid", "tiny.yaml", "--jobs", str(tmp_path / "jobs"))):
+        r = harness(*cmd, cwd=tmp_path, env=env)
+        assert r.returncode == 2, (cmd, r.stdout, r.stderr)
+        assert f"{site}: {entry}: unknown key(s) '{key}'; allowed: " in r.stderr, (cmd, r.stderr)
+        assert "Traceback" not in r.stderr
+    assert not (tmp_path / "jobs").exists()
+    if case == "asset":
+        assert "allowed: kind, path, published, arch, format, files, images, md5, sha256, sha256_prefix, plugin" \
+            in r.stderr
+
+
+def test_catalogue_values_checked_too(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A misspelt format, or a classifier architecture no plugin builds, is refused as well."""
+    import yaml
+
+    from harness.errors import UsageError
+
+    site = tmp_path / "site.yaml"
+    monkeypatch.setenv("HARNESS_CATALOG", str(site))
+    for asset, message in (({**_SITE_ASSET, "format": "difusers"}, "assets.mine.format: 'difusers'"),
+                           ({**_SITE_ASSET, "arch": "guided-256-uncond"}, "names no classifier `plugin`")):
+        site.write_text(yaml.safe_dump({"assets": {"mine": asset}}))
+        with pytest.raises(UsageError, match=message):
+            load_catalog()
+    site.write_text(yaml.safe_dump({"assets": {"mine": _SITE_ASSET}}))
+    assert load_catalog().assets["mine"].arch == "wrn-28-10"

@@ -8,7 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from harness.models.checkpoints import load_checkpoint, load_into
+from harness.errors import AssetError
+from harness.models.checkpoints import load_into, robustbench_state
 from harness.models.dm_wideresnet import (CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD,
                                           DMWideResNet, dm_wrn, wrn_28_10_dm, wrn_70_16_dm)
 
@@ -39,7 +40,7 @@ def _dm_state_dict_len(depth: int, width: int) -> int:
     """Entries: 5 per batch norm (weight, bias, running_mean, running_var, num_batches_tracked)."""
     n, ch = _widths(depth, width)
     shortcuts = sum(a != b for a, b in zip(ch[:-1], ch[1:]))
-    return 2 + 1 + 3 * n * (2 * 5 + 2) + shortcuts + 5 + 2  # mean/std, init_conv, blocks, batchnorm, logits
+    return 1 + 3 * n * (2 * 5 + 2) + shortcuts + 5 + 2  # init_conv, blocks, batchnorm, logits
 
 
 @pytest.mark.parametrize("num_classes,dataset,expected", [(10, "cifar10", 266_796_506),
@@ -48,9 +49,10 @@ def test_wrn_70_16_parameter_count_on_meta(num_classes: int, dataset: str, expec
     m = wrn_70_16_dm(num_classes, dataset, device="meta")
     assert m.init_conv.weight.is_meta and m.mean.is_meta
     assert _n(m) == _dm_param_count(70, 16, num_classes) == expected
-    assert len(m.state_dict()) == _dm_state_dict_len(70, 16) == 409
-    # mean/std are buffers, not parameters: the count is the classic layout's (test_model_zoo)
+    assert len(m.state_dict()) == _dm_state_dict_len(70, 16) == 407
+    # mean/std are non-persistent buffers (RobustBench 1.1.1): not parameters, not in the state dict
     assert {name for name, _ in m.named_buffers() if "." not in name} == {"mean", "std"}
+    assert not {"mean", "std"} & set(m.state_dict())
 
 
 def test_wrn_28_10_and_small_counts_match_the_arithmetic() -> None:
@@ -66,7 +68,6 @@ def test_wrn_28_10_and_small_counts_match_the_arithmetic() -> None:
 def test_key_names_and_shapes_are_robustbench_dm() -> None:
     sd = wrn_70_16_dm(100, "cifar100", device="meta").state_dict()
     expected = {
-        "mean": (3, 1, 1), "std": (3, 1, 1),
         "init_conv.weight": (16, 3, 3, 3),
         "layer.0.block.0.batchnorm_0.weight": (16,),
         "layer.0.block.0.batchnorm_0.running_mean": (16,),
@@ -142,7 +143,7 @@ def test_forward_matches_the_original_computation(width: int, padding: int) -> N
     x = torch.rand(3, 3, 32, 32)
     with torch.no_grad():
         got = m(x)
-        want = _reference_forward(m.state_dict(), x, 10, padding)
+        want = _reference_forward({**m.state_dict(), "mean": m.mean, "std": m.std}, x, 10, padding)
     assert got.shape == (3, 10)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
@@ -163,28 +164,40 @@ def test_normalisation_is_inside_and_uses_the_dataset_constants() -> None:
             assert torch.equal(seen["x"], torch.zeros(2, 3, 32, 32))
 
 
-def _robustbench_style(model: DMWideResNet, path: Path) -> None:
-    sd = collections.OrderedDict(("module." + k, v) for k, v in model.state_dict().items())
+def _robustbench_style(model: DMWideResNet, path: Path, extra: dict | None = None) -> None:
+    items = {**model.state_dict(), **(extra or {})}.items()
+    sd = collections.OrderedDict(("module." + k, v) for k, v in items)
     torch.save({"state_dict": sd}, path)
 
 
-def test_robustbench_checkpoint_loads_strictly(tmp_path: Path) -> None:
+@pytest.mark.parametrize("with_norm", [False, True])
+def test_robustbench_checkpoint_loads_strictly(tmp_path: Path, with_norm: bool) -> None:
+    """Published files hold no mean/std (non-persistent in RobustBench 1.1.1); files that do
+    (older versions, earlier harness files) load when the values are the model's own."""
     torch.manual_seed(0)
     src = _randomise(dm_wrn(10, 2, 100, "cifar100"), seed=3)
     path = tmp_path / "Wang2023Better_tiny.pt"
-    _robustbench_style(src, path)
-    sd = load_checkpoint(path)
+    extra = {"mean": src.mean, "std": src.std} if with_norm else {}
+    _robustbench_style(src, path, extra)
+    sd = robustbench_state(torch.load(path, weights_only=True), path)
     torch.manual_seed(1)
-    fresh = dm_wrn(10, 2, 100, "cifar10")  # other weights and other normalisation
-    assert set(sd) == set(fresh.state_dict())
+    fresh = dm_wrn(10, 2, 100, "cifar100")  # other weights
+    assert set(sd) == set(fresh.state_dict()) | set(extra)
     load_into(fresh, sd).eval()
-    # mean/std are persistent, as in the original: the checkpoint's constants win
-    assert torch.equal(fresh.mean.flatten(), torch.tensor(CIFAR100_MEAN))
     x = torch.rand(4, 3, 32, 32)
     with torch.no_grad():
         out = fresh(x)
         assert out.shape == (4, 100) and torch.isfinite(out).all()
         assert torch.equal(out, src(x))
+
+
+def test_checkpoint_normalisation_must_be_the_models(tmp_path: Path) -> None:
+    src = dm_wrn(10, 1, 10, "cifar100")
+    sd = {**src.state_dict(), "mean": src.mean, "std": src.std}
+    with pytest.raises(AssetError, match="mean: the checkpoint's normalisation .* is not this model's"):
+        load_into(dm_wrn(10, 1, 10, "cifar10"), sd)  # the plugin would normalise otherwise
+    with pytest.raises(AssetError, match="std: the checkpoint's normalisation \\[1.0, 1.0, 1.0\\]"):
+        load_into(dm_wrn(10, 1, 10, "cifar100"), {**sd, "std": torch.ones(3)})  # shape (3,), not (3, 1, 1)
 
 
 def test_rejects_bad_arguments_and_inputs() -> None:

@@ -175,3 +175,31 @@ def test_other_options_build_and_run() -> None:
         assert model(x, torch.tensor([1, 2]), torch.tensor([0, 999])).shape == (2, 3, 16, 16)
     with pytest.raises(ValueError, match="class"):
         model(x, torch.tensor([1, 2]))
+
+
+def test_stage_checks_with_the_runs_loader_on_meta(tiny: torch.nn.Module, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The 552 M backbone is checked on the meta device by the run's own loader: a tiny file
+    fits the tiny configuration there exactly as in a real load, and the catalogued one refuses it."""
+    import yaml
+
+    from harness.errors import AssetError
+    from harness.models.denoisers import load_guided
+    from harness.staging import stage
+
+    path = tmp_path / "assets" / "guided.pt"
+    path.parent.mkdir()
+    torch.save(tiny.state_dict(), path)
+    assert next(load_guided(path, config=TINY, meta=True).parameters()).is_meta
+    real = load_guided(path, config=TINY).eval()
+    x, t = torch.rand(2, 3, 16, 16) * 2 - 1, torch.tensor([3, 500])
+    with torch.no_grad():
+        assert torch.equal(real(x, t), GuidedEps(tiny)(x, t))
+    with pytest.raises(AssetError, match="does not fit GuidedUNet: missing"):
+        load_guided(path, meta=True)  # the 256 configuration, on meta: no memory
+    cat = {"assets": {"g": {"kind": "denoiser", "arch": "guided-256-uncond", "path": "guided.pt",
+                            "published": "x"}}}
+    (tmp_path / "cat.yaml").write_text(yaml.safe_dump(cat))
+    monkeypatch.setenv("HARNESS_CATALOG", str(tmp_path / "cat.yaml"))
+    res = stage(tmp_path / "assets", ["g"], out=lambda _: None)[0]
+    assert res.status == "bad" and "does not fit GuidedUNet" in res.detail, res.detail

@@ -10,7 +10,7 @@ from safetensors.torch import save_file
 
 from harness.errors import AssetError
 from harness.models.bundled import sha256
-from harness.models.checkpoints import load_checkpoint, load_into
+from harness.models.checkpoints import fit_problem, load_checkpoint, load_into
 from harness.models.resnet import Normalized, resnet18, resnet18_binary, resnet50
 from harness.models.wideresnet import WideResNet, wrn_28_10, wrn_70_16
 
@@ -152,6 +152,9 @@ def test_pickled_custom_object_is_refused(tmp_path: Path) -> None:
         load_checkpoint(path)
     assert isinstance(e.value.__cause__, pickle.UnpicklingError)
     assert not marker.exists()  # the payload never ran
+    # the whole multi-line reason, down to the refused global, not only its first line
+    assert "Unsupported global" in str(e.value) and "getattr" in str(e.value)
+    assert "\x1b[" not in str(e.value)
 
 
 def test_non_tensor_entries_and_unknown_suffix_are_refused(tmp_path: Path) -> None:
@@ -179,6 +182,28 @@ def test_load_into_lists_missing_and_unexpected_keys() -> None:
     assert "missing 1: fc.weight" in msg
     assert "unexpected 1: sub_block1.layer.0.conv1.weight" in msg
     assert "fc.bias (1000,) vs (2,)" in msg
+
+
+def test_resnet_state_dict_without_num_batches_tracked_loads(tmp_path: Path) -> None:
+    """As torch's strict load: an old torchvision file (no module versions) lacks them; a
+    state_dict() saying BatchNorm version 2 without them is refused, by torch and by us."""
+    torch.manual_seed(0)
+    src = resnet18_binary().eval()
+    sd = src.net.state_dict()
+    old = {k: v for k, v in sd.items() if not k.endswith("num_batches_tracked")}
+    torch.save(old, tmp_path / "old.pth")
+    m = load_into(resnet18_binary(), load_checkpoint(tmp_path / "old.pth")).eval()
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(m(x), src(x))
+    cut = collections.OrderedDict(old)
+    cut._metadata = sd._metadata
+    torch.save(cut, tmp_path / "cut.pth")
+    with pytest.raises(RuntimeError, match="num_batches_tracked"):
+        resnet18_binary().net.load_state_dict(torch.load(tmp_path / "cut.pth"))
+    with pytest.raises(AssetError, match="missing 20: bn1.num_batches_tracked"):
+        load_into(resnet18_binary(), load_checkpoint(tmp_path / "cut.pth"))
+    assert fit_problem(resnet18_binary(), load_checkpoint(tmp_path / "old.pth")) is None
 
 
 def test_ddpm_cifar10_unet_parameter_count() -> None:

@@ -165,3 +165,83 @@ def test_nonfinite_logits_are_a_failed_prediction_never_a_class() -> None:
     logits = torch.tensor([[0.1, 2.0, 0.3], [float("nan")] * 3, [1.0, float("inf"), 0.0], [5.0, 0.0, float("nan")]])
     assert predict(logits) == [1, NONFINITE_PRED, NONFINITE_PRED, NONFINITE_PRED]
     assert NONFINITE_PRED < 0
+
+
+# ---------------------------------------------------------------- end to end: harness run + harness report
+
+NAN_GRID = """\
+sweep: nan
+dataset: digits
+classifier: {classifier}
+purifier:
+  - name: lorid
+    params: {{t_s: 0.05, loops: 1, steps: 2, denoiser: "{denoiser}"}}
+attack:
+  - none
+  - name: pgd
+    params: {{norm: linf, eps: 0.1, steps: 2, step_size: 0.05, eot: 1}}
+examples: 8
+batch_size: 8
+shard_size: 8
+eval_runs: 2
+"""
+
+
+def _nan_denoiser(folder) -> str:
+    """The bundled digits DDPM's architecture as a local diffusers folder, every weight NaN."""
+    from harness.models.digits import make_unet
+
+    unet = make_unet()
+    with torch.no_grad():
+        for p in unet.parameters():
+            p.fill_(float("nan"))
+    unet.save_pretrained(str(folder))
+    return str(folder)
+
+
+def _nan_classifier(path) -> str:
+    """The bundled digits CNN's architecture with NaN weights, as a safetensors checkpoint."""
+    from safetensors.torch import save_file
+
+    from harness.models.digits import DigitsCNN
+
+    state = {k: torch.full_like(v, float("nan")) for k, v in DigitsCNN().state_dict().items()}
+    save_file(state, str(path))
+    return "{name: digits-cnn, params: {path: \"%s\"}}" % path
+
+
+def _run_and_report(tmp_path, classifier: str, denoiser: str):
+    import pandas as pd
+
+    from conftest import harness
+
+    grid = tmp_path / "nan.yaml"
+    grid.write_text(NAN_GRID.format(classifier=classifier, denoiser=denoiser))
+    r = harness("run", "--grid", str(grid), "--jobs", "jobs", "--results", "results", cwd=tmp_path, timeout=600)
+    assert r.returncode == 0, r.stderr
+    rows = pd.concat([pd.read_parquet(f) for f in sorted((tmp_path / "results").rglob("*.parquet"))])
+    rep = harness("report", "results/nan", cwd=tmp_path, timeout=300)
+    assert rep.returncode == 0, rep.stderr
+    summary = pd.read_csv(tmp_path / "results/nan/_report/report.csv")
+    return rows, rep.stdout + (tmp_path / "results/nan/_report/report.md").read_text(), summary
+
+
+@pytest.mark.parametrize("broken", ["denoiser", "classifier"])
+def test_nan_model_scores_zero_and_is_flagged_end_to_end(tmp_path, broken: str) -> None:
+    """A NaN-producing denoiser or classifier: 0 % clean and robust (not 10 %: argmax of NaN
+    is class 0), every prediction NONFINITE_PRED, the report says non-finite; the attack's
+    gradients were NaN too and the report says gradient-masked."""
+    denoiser = _nan_denoiser(tmp_path / "nan-ddpm") if broken == "denoiser" else "digits-ddpm"
+    classifier = _nan_classifier(tmp_path / "nan-cnn.safetensors") if broken == "classifier" else "digits-cnn"
+    rows, text, summary = _run_and_report(tmp_path, classifier, denoiser)
+    assert len(rows) == 2 * 8 * 2
+    assert (rows["clean_pred"] == NONFINITE_PRED).all() and (rows["adv_pred"] == NONFINITE_PRED).all()
+    assert not rows["clean_correct"].any() and not rows["adv_correct"].any()
+    assert (rows.loc[rows["attack"] == "pgd", "grad_nonfinite"] == 2).all()  # 2 steps × EOT 1
+    assert (summary["clean"] == 0).all() and (summary["robust_mean"] == 0).all()
+    assert (summary["nonfinite"] == 8 * 2).all()  # every (example, run) row, clean and attacked
+    flags = summary.set_index("attack_label")["flags"].str.split(";")
+    assert all("non-finite" in f for f in flags)
+    pgd_flags = flags[[a for a in flags.index if a.startswith("pgd")][0]]
+    assert "gradient-masked" in pgd_flags
+    assert "flagged: non-finite" in text and "flagged: gradient-masked" in text

@@ -297,3 +297,32 @@ def test_denoiser_loader_purifies_with_the_ema_weights(tiny: torch.nn.Module, tm
     assert y.shape == x.shape and torch.isfinite(y).all()
     with pytest.raises(AssetError, match="sha256"):
         load_score_sde(path, "0" * 64, config=TINY)
+
+
+def test_stage_and_run_check_the_same_way(tiny: torch.nn.Module, tmp_path: Path,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """`harness stage` runs the run's loader on the meta device: a file fits there exactly when
+    the real load takes it; the catalogued (full-size) architecture refuses a tiny checkpoint."""
+    import yaml
+
+    from harness.models.denoisers import load_score_sde
+    from harness.staging import stage
+
+    path = tmp_path / "assets" / "checkpoint_8.pth"
+    path.parent.mkdir()
+    torch.save(_training_checkpoint(tiny), path)
+    on_meta = load_score_sde(path, config=TINY, meta=True)
+    assert next(on_meta.parameters()).is_meta and _n(on_meta) == _n(tiny)
+    assert not next(load_score_sde(path, config=TINY).parameters()).is_meta
+    errors = []
+    for meta in (True, False):  # a network of another width than the file's
+        with pytest.raises(AssetError) as e:
+            load_score_sde(path, config=replace(TINY, nf=32), meta=meta)
+        errors.append(str(e.value))
+    assert errors[0] == errors[1] and "does not fit NCSNpp: wrong shape" in errors[0], errors
+    cat = {"assets": {"sde": {"kind": "denoiser", "arch": "score-sde-cifar10", "format": "score-sde",
+                              "path": "checkpoint_8.pth", "published": "x"}}}
+    (tmp_path / "cat.yaml").write_text(yaml.safe_dump(cat))
+    monkeypatch.setenv("HARNESS_CATALOG", str(tmp_path / "cat.yaml"))
+    res = stage(tmp_path / "assets", ["sde"], out=lambda _: None)[0]
+    assert res.status == "bad" and "does not fit NCSNpp" in res.detail and "wrong shape" in res.detail, res.detail

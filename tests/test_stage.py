@@ -411,3 +411,39 @@ def test_imagenet_layout_files_are_recorded_and_held(tmp_path: Path, monkeypatch
     (root / "imagenet" / "classes.txt").write_text("n01440764\nn01443537\n")  # labels swapped
     with pytest.raises(AssetError, match="changed since it was verified"):
         resolve_params(spec, params, root)
+
+
+@pytest.mark.parametrize("variant", ["robustbench-model-prefix", "no-num-batches-tracked", "extra-key"])
+def test_classifier_stage_ok_exactly_when_the_run_loads(variant: str, site: dict, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The stage builds the classifier through the run's plugin (`zoo.build_classifier`) and reads
+    the file as the run does, so "ok" means the run loads it, and a refusal means it would not."""
+    from harness import registry
+    from harness.catalog import resolve_params
+    from harness.staging import stage
+
+    monkeypatch.setenv("HARNESS_CATALOG", str(site["catalog"]))
+    state = dict(site["net"].net.state_dict())
+    if variant == "robustbench-model-prefix":  # as RobustBench's own files hold it, unwrapped by its loader
+        state = {"model." + k: v for k, v in state.items()}
+    elif variant == "no-num-batches-tracked":  # torch's strict load accepts it (BatchNorm's old version)
+        state = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}
+    else:
+        state["fc.extra"] = torch.zeros(1)
+    root = tmp_path / "assets"
+    (root / "models").mkdir(parents=True)
+    torch.save({"state_dict": state}, root / "models" / "wrn.pt")
+    staged = stage(root, ["clf"], out=lambda _: None)[0]
+    spec = registry.get("classifier", "wrn-28-10")
+    if variant == "extra-key":
+        assert staged.status == "bad" and "unexpected 1: fc.extra" in staged.detail, staged.detail
+        params = resolve_params(spec, {"path": str(root / "models" / "wrn.pt"), "sha256": "", "classes": 10}, root)
+        with pytest.raises(AssetError, match="unexpected 1: fc.extra"):
+            spec.load()(params)
+        return
+    assert staged.status == "ok", staged.detail
+    params = resolve_params(spec, {"path": "asset:clf", "sha256": "", "classes": 10}, root)
+    model = spec.load()(params)
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(model(x), site["net"].eval()(x))

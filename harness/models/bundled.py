@@ -47,8 +47,13 @@ def _load(name: str, model: nn.Module) -> nn.Module:
 
 
 def load_classifier(params: dict[str, Any]) -> nn.Module:
+    """The bundled digits CNN, or the same network with the weights of params["path"]."""
     from .digits import DigitsCNN
 
+    if params.get("path"):
+        from .zoo import load_classifier as from_checkpoint
+
+        return from_checkpoint("digits-cnn", params)
     return _load("digits-cnn", DigitsCNN())
 
 

@@ -3,8 +3,9 @@
 35,746,307 parameters: block_out_channels (128, 256, 256, 256), two ResNet layers per block,
 self-attention in the second down block (16×16) and the matching up block, DDPM linear betas
 1e-4..0.02 over T=1000 (the schedule is the purifier's business, not the model's).
-Load its weights with `checkpoints.load_checkpoint` + `checkpoints.load_into`, or with
-`UNet2DModel.from_pretrained(local_dir)`; wrap with `digits.UNetEps` for the purifier.
+A published folder loads through `denoisers.load_denoiser` (diffusers' own `from_pretrained`,
+local files only, so its key conversions apply, wrapped by our checksum, schedule and
+strictness checks), wrapped in `digits.UNetEps` for the purifier.
 """
 from __future__ import annotations
 

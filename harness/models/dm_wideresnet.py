@@ -5,7 +5,6 @@ Gowal2020Uncovering_70_16*, ...) are `DMWideResNet(num_classes, depth, width,
 activation_fn=Swish, mean, std)`. This module reproduces that module tree, so their
 checkpoints load strictly (`checkpoints.load_into`) without renaming:
 
-    mean  std                                         (persistent buffers, shape (3, 1, 1))
     init_conv.weight
     layer.<g>.block.<i>.{batchnorm_0,conv_0,batchnorm_1,conv_1}.*   g in 0..2
     layer.<g>.block.0.shortcut.weight                 (only where in != out widths)
@@ -14,9 +13,12 @@ checkpoints load strictly (`checkpoints.load_into`) without renaming:
 Activations (relu_0/relu_1 per block, relu at the end) hold no keys, whatever their kind.
 
 Differences from `wideresnet.py` (the Zagoruyko & Komodakis layout used for WRN-28-10):
-- The normalisation is inside the network and its constants are *persistent* buffers, as in
-  the original: they are part of the state dict, and a checkpoint's values override the
-  constructor's. Inputs are images in [0,1]. No `Normalized` wrapper is involved.
+- The normalisation is inside the network, as in the original; inputs are images in [0,1].
+  Its constants are *non-persistent* buffers, as in RobustBench 1.1.1: the published files
+  (Wang2023Better_WRN-70-16, ...) hold no `mean`/`std`, and `load_model` accepts them.
+  Files that do hold them (written by a RobustBench version with persistent buffers, or by
+  this harness before) load too, when their values are this model's: a load pre-hook drops
+  them, and refuses values that differ (the plugin's normalisation would silently disagree).
 - The first 3×3 conv of every block has padding=0 and the input is padded by hand to mimic
   TensorFlow's `SAME`: (1,1,1,1) at stride 1, (0,1,0,1) (right/bottom only) at stride 2. At
   stride 2 this samples a different pixel grid from padding=1, so the weights are not
@@ -32,7 +34,7 @@ Differences from `wideresnet.py` (the Zagoruyko & Komodakis layout used for WRN-
 
 The parameter count equals the classic layout's at the same depth/width (266,796,506 for
 WRN-70-16 with 10 classes; 266,888,756 with 100): the same convolutions, batch norms and
-biased linear head, under other names. The state dict has two more entries (mean, std).
+biased linear head, under other names. The state dict has the same 407 entries as the original's.
 """
 from __future__ import annotations
 
@@ -106,10 +108,12 @@ class DMWideResNet(nn.Module):
         if (depth - 4) % 6 or depth < 10:
             raise ValueError(f"WideResNet depth must be 6n+4 with n >= 1, not {depth}")
         n = (depth - 4) // 6
-        # persistent, as in the original: published checkpoints carry them and strict loading needs them
+        # non-persistent, as in RobustBench 1.1.1: published checkpoints do not carry them
         shape = (num_input_channels, 1, 1)
-        self.register_buffer("mean", torch.tensor(tuple(mean), dtype=torch.float32).view(shape))
-        self.register_buffer("std", torch.tensor(tuple(std), dtype=torch.float32).view(shape))
+        self._norm = {"mean": tuple(float(v) for v in mean), "std": tuple(float(v) for v in std)}
+        self.register_buffer("mean", torch.tensor(self._norm["mean"]).view(shape), persistent=False)
+        self.register_buffer("std", torch.tensor(self._norm["std"]).view(shape), persistent=False)
+        self.register_load_state_dict_pre_hook(_saved_normalisation)
         self.padding = padding
         ch = [16, 16 * width, 32 * width, 64 * width]
         self.init_conv = nn.Conv2d(num_input_channels, ch[0], 3, stride=1, padding=1, bias=False)
@@ -132,6 +136,22 @@ class DMWideResNet(nn.Module):
             # the original's view(-1, C) would silently fold extra cells into the batch
             raise ValueError(f"DMWideResNet expects 32×32 inputs; the pooled map is {tuple(out.shape[-2:])}")
         return self.logits(out.flatten(1))
+
+
+def _saved_normalisation(model: DMWideResNet, state: dict, prefix: str, _meta: dict, _strict: bool,
+                         _missing: list, _unexpected: list, errors: list) -> None:
+    """Load pre-hook: drop `mean`/`std` entries equal to the model's constants (files written
+    while they were persistent); report differing ones (torch then refuses the load)."""
+    for name, want in model._norm.items():
+        got = state.pop(prefix + name, None)
+        if got is None:
+            continue
+        expect = torch.tensor(want, device="cpu").view(-1, 1, 1)  # also under a meta device context
+        if got.shape != expect.shape or (not got.is_meta and not torch.allclose(
+                got.detach().double().cpu(), expect.double(), rtol=0, atol=1e-6)):
+            shown = [round(v, 6) for v in got.flatten().tolist()] if not got.is_meta else tuple(got.shape)
+            errors.append(f"{prefix + name}: the checkpoint's normalisation {shown} is not this "
+                          f"model's {list(want)} (check the classes/dataset parameter)")
 
 
 def dm_wrn(depth: int = 70, width: int = 16, num_classes: int = 10, dataset: str = "cifar10",
