@@ -5,9 +5,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 TORCH_PIN=${TORCH_PIN:-torch==2.13.0}
-# Original architecture code the tests compare against; --no-deps: its import needs only
-# torch when the files are loaded by path (the package itself imports timm, not needed).
-ORIGINALS="robustbench==1.1.1"
+# Original architecture code the tests compare against; --no-deps: what the tests import needs
+# only torch (robustbench's files are loaded by path: the package itself imports timm, not
+# needed; guided-diffusion-sdk is OpenAI's guided_diffusion, whose unet/script_util need neither
+# its declared blobfile nor tqdm).
+ORIGINALS="robustbench==1.1.1 guided-diffusion-sdk==1.0.0"
 extra=""
 [ "${1:-}" = "--test" ] && extra="[test]"
 if [ ! -x .venv/bin/python ]; then
