@@ -9,7 +9,7 @@ from typing import Any
 
 _EXPORTS = {
     "load_results": "aggregate", "summarise": "aggregate", "ResultsError": "aggregate",
-    "wilson_interval": "stats", "mean_accuracy_interval": "stats",
+    "wilson_interval": "stats", "mean_accuracy_interval": "stats", "clustered_interval": "stats",
     "render_text": "tables", "render_markdown": "tables", "render_csv": "tables",
     "render_latex": "tables", "build_report": "report", "default_out_dir": "report",
 }

@@ -3,7 +3,13 @@
 Rows are keyed by (cell, example, eval_run). A cell is one content-hashed grid point, so
 every row of a cell shares its dataset, threat, eps, attack, classifier and defence label.
 Summaries group cells by those columns; several cells in one group (e.g. seeds) are pooled
-and counted in ``cells``.
+and counted in ``cells``. The unit of independence is the image, ``(dataset, data_index)``
+(the example position where an older writer left no ``data_index``): ``n`` counts images and
+the interval is clustered by image (:mod:`analysis.stats`).
+
+A prediction of :data:`NONFINITE_PRED` (-1) came from non-finite logits: it is never correct,
+never a class in the majority vote, and counted (``nonfinite``) beside the number, as is
+``grad_nonfinite``, the attack's zeroed non-finite gradients (absent in older rows: 0).
 """
 from __future__ import annotations
 
@@ -17,7 +23,12 @@ import pyarrow.parquet as pq
 
 from harness.errors import UsageError
 
-from .stats import mean_accuracy_interval
+from .stats import clustered_interval
+
+try:
+    from harness.results import NONFINITE_PRED
+except ImportError:  # an older harness: the value the writer uses for non-finite logits
+    NONFINITE_PRED = -1
 
 #: One summary row (and, minus classifier/label, one table) per combination of these.
 GROUP_KEYS: tuple[str, ...] = ("dataset", "threat", "eps", "attack_label", "classifier", "label")
@@ -29,10 +40,16 @@ REQUIRED_COLUMNS: tuple[str, ...] = (
 # Planned per-cell values: constant within a cell unless the writer has a bug.
 _CELL_CONSTANT: tuple[str, ...] = (*GROUP_KEYS, "cell_examples", "eval_runs")
 
+#: ``n``: distinct images; ``cell_n``: (cell, example) pairs seen (``cell_examples`` planned);
+#: ``nonfinite``: rows with a non-finite prediction; ``grad_nonfinite``: the attack's non-finite
+#: gradient evaluations, over ``grad_nonfinite_examples`` (cell, example) pairs.
 SUMMARY_COLUMNS: tuple[str, ...] = (
-    *GROUP_KEYS, "cells", "n", "cell_examples", "complete", "runs", "rows", "clean",
-    "robust_mean", "ci_lo", "ci_hi", "robust_vote", "robust_worst", "nfe", "time_s", "sweeps",
+    *GROUP_KEYS, "cells", "n", "cell_n", "cell_examples", "complete", "runs", "rows", "clean",
+    "robust_mean", "ci_lo", "ci_hi", "robust_vote", "robust_worst", "nonfinite", "grad_nonfinite",
+    "grad_nonfinite_examples", "nfe", "time_s", "sweeps",
 )
+#: Per-row failure columns added by :func:`with_failures` (worst-of rows combine them).
+ROW_NONFINITE = "nonfinite_row"
 
 
 class ResultsError(UsageError, ValueError):
@@ -115,26 +132,54 @@ def _check_cells(df: pd.DataFrame) -> None:
                            "(one content hash must mean one configuration)")
 
 
+def with_failures(df: pd.DataFrame) -> pd.DataFrame:
+    """``df`` with a boolean ``nonfinite_row`` (a -1 clean or adversarial prediction, or one
+    carried in by a worst-of row) and ``grad_nonfinite`` filled with 0 where absent."""
+    bad = df["adv_pred"] == NONFINITE_PRED
+    if "clean_pred" in df.columns:
+        bad = bad | (df["clean_pred"] == NONFINITE_PRED)
+    if ROW_NONFINITE in df.columns:
+        bad = bad | df[ROW_NONFINITE].eq(True)
+    grad = (df["grad_nonfinite"].fillna(0) if "grad_nonfinite" in df.columns
+            else pd.Series(0, index=df.index))
+    return df.assign(**{ROW_NONFINITE: bad.to_numpy(), "grad_nonfinite": grad.astype("int64")})
+
+
 def _majority_vote(df: pd.DataFrame) -> pd.Series:
-    """Most frequent adv_pred per (cell, example); ties go to the smallest class index."""
-    counts = (df.groupby(["cell", "example", "adv_pred"], sort=False).size()
+    """Most frequent adv_pred per (cell, example); ties go to the smallest class index.
+
+    A non-finite prediction (-1) is a failure, not a class: it can never be the correct
+    answer, and a tie between the failures and a class goes to the failures (a vote that is
+    at best tied with failed purifications is no majority for the true class).
+    """
+    failed = df["adv_pred"] == NONFINITE_PRED
+    # 0 for failures, 1 for classes: sorting on it puts the failures first among equal counts
+    votes = df.assign(_is_class=(~failed).astype(int))
+    counts = (votes.groupby(["cell", "example", "_is_class", "adv_pred"], sort=False).size()
               .rename("k").reset_index())
-    counts = counts.sort_values(["cell", "example", "k", "adv_pred"],
-                                ascending=[True, True, False, True])
+    counts = counts.sort_values(["cell", "example", "k", "_is_class", "adv_pred"],
+                                ascending=[True, True, False, True, True])
     return counts.drop_duplicates(["cell", "example"]).set_index(["cell", "example"])["adv_pred"]
 
 
 def per_example(df: pd.DataFrame) -> pd.DataFrame:
-    """One row per (cell, example): mean clean/adv correctness over runs, vote, worst case."""
-    ex = df.groupby(["cell", "example"], sort=True).agg(
+    """One row per (cell, example): mean clean/adv correctness over runs, vote, worst case, the
+    image it shows (``image``), its non-finite rows and its attack's non-finite gradients."""
+    df = with_failures(df)
+    image = (df["data_index"].fillna(df["example"]) if "data_index" in df.columns
+             else df["example"]).astype("int64")
+    ex = df.assign(_image=image).groupby(["cell", "example"], sort=True).agg(
         y=("y", "first"),
+        image=("_image", "first"),
         clean=("clean_correct", "mean"),
         robust_mean=("adv_correct", "mean"),
         robust_worst=("adv_correct", "all"),
         runs_seen=("eval_run", "nunique"),
+        nonfinite=(ROW_NONFINITE, "sum"),
+        grad_nonfinite=("grad_nonfinite", "max"),  # one count per example, repeated over runs
     )
     vote = _majority_vote(df).reindex(ex.index)
-    ex["robust_vote"] = vote.to_numpy() == ex["y"].to_numpy()
+    ex["robust_vote"] = (vote.to_numpy() == ex["y"].to_numpy()) & (vote.to_numpy() != NONFINITE_PRED)
     cells = df.groupby("cell", sort=False)[list(_CELL_CONSTANT) + ["sweep"]].first()
     return ex.reset_index().join(cells, on="cell")
 
@@ -152,12 +197,13 @@ def _sort(frame: pd.DataFrame) -> pd.DataFrame:
 def summarise(df: pd.DataFrame, z: float = 1.96) -> pd.DataFrame:
     """One row per (dataset, threat, eps, attack_label, classifier, label); see SUMMARY_COLUMNS.
 
-    Accuracies weight every example equally (mean over examples of the per-example mean over
-    runs), so an example with a missing run is not under-weighted. ``complete`` is true only
-    when every cell in the group has all ``cell_examples`` examples, each with all
-    ``eval_runs`` runs. ``ci_lo``/``ci_hi`` bound ``robust_mean``
-    (:func:`analysis.stats.mean_accuracy_interval`). ``nfe`` is the mean per row (one
-    purification), ``time_s`` the total over rows.
+    Accuracies weight every (cell, example) equally (mean over them of the per-example mean
+    over runs), so an example with a missing run is not under-weighted. ``complete`` is true
+    only when every cell in the group has all ``cell_examples`` examples, each with all
+    ``eval_runs`` runs. ``ci_lo``/``ci_hi`` bound ``robust_mean`` clustered by image
+    (:func:`analysis.stats.clustered_interval`), however many seeds, cells or runs are
+    pooled; ``n`` is the number of images. ``nfe`` is the mean per row (one purification),
+    ``time_s`` the total over rows.
     """
     keys = list(GROUP_KEYS)
     ex = per_example(df)
@@ -174,11 +220,13 @@ def summarise(df: pd.DataFrame, z: float = 1.96) -> pd.DataFrame:
     records = []
     for key, g in ex.groupby(keys, sort=False, dropna=False):
         planned = per_cell.loc[g["cell"].unique()]
-        lo, hi = mean_accuracy_interval(g["robust_mean"].to_numpy(), z)
+        # the interval function exactly as tests/test_coverage.py checks it
+        lo, hi = clustered_interval(g["robust_mean"].to_numpy(), g["image"].to_numpy(), z)
         records.append({
             **dict(zip(keys, key)),
             "cells": len(planned),
-            "n": len(g),
+            "n": int(g["image"].nunique()),
+            "cell_n": len(g),
             "cell_examples": int(planned["cell_examples"].sum()),
             "complete": bool(planned["complete"].all()),
             # Cells pooled in one group normally share eval_runs; if not, report the fewest.
@@ -189,6 +237,9 @@ def summarise(df: pd.DataFrame, z: float = 1.96) -> pd.DataFrame:
             "ci_hi": hi,
             "robust_vote": float(g["robust_vote"].mean()),
             "robust_worst": float(g["robust_worst"].mean()),
+            "nonfinite": int(g["nonfinite"].sum()),
+            "grad_nonfinite": int(g["grad_nonfinite"].sum()),
+            "grad_nonfinite_examples": int((g["grad_nonfinite"] > 0).sum()),
             "sweeps": ",".join(sorted(map(str, g["sweep"].unique()))),
         })
     out = pd.DataFrame.from_records(records).merge(row_stats, on=keys, how="left")
@@ -205,8 +256,10 @@ def with_worst_over_attacks(df: pd.DataFrame) -> pd.DataFrame:
     min(AutoAttack standard, rand), but per example, which is never weaker).
 
     Only examples and runs present under every attack are combined; the synthetic cells are
-    marked complete only when each constituent is.
+    marked complete only when each constituent is. A non-finite prediction under any attack
+    marks the combined row (``nonfinite_row``); the attacks' non-finite gradients add up.
     """
+    df = with_failures(df)
     attacked = df[df["attack"].astype(str) != "none"]
     keys = ["sweep", "dataset", "classifier", "label", "threat", "eps", "seed"]
     keys = [k for k in keys if k in attacked.columns]
@@ -238,6 +291,9 @@ def with_worst_over_attacks(df: pd.DataFrame) -> pd.DataFrame:
         rows["cell_json"] = "{}"
         rows["cell_examples"] = min(int(p["cell_examples"].iloc[0]) for p in per)
         rows["eval_runs"] = min(int(p["eval_runs"].iloc[0]) for p in per)
+        rows[ROW_NONFINITE] = pd.concat([p.loc[common, ROW_NONFINITE] for p in per],
+                                        axis=1).any(axis=1).to_numpy()
+        rows["grad_nonfinite"] = sum(p.loc[common, "grad_nonfinite"].to_numpy() for p in per)
         rows["nfe"] = sum(p.loc[common, "nfe"].to_numpy() for p in per)
         rows["time_s"] = sum(p.loc[common, "time_s"].to_numpy() for p in per)
         out.append(rows[df.columns])

@@ -2,7 +2,8 @@
 
 Every number is shown with its validity flags (:mod:`analysis.validity`): a ``⚑`` beside
 the robust number, the codes in a ``flags`` column, the messages as table footnotes, and
-all of them again in a closing "validity" section.
+all of them again in a closing "validity" section, which also lists every check as flagged,
+passed or not checked (with the reason): "no flags" never hides a check that could not run.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from harness.fsutil import atomic_write
 
 from .aggregate import load_results, summarise, with_worst_over_attacks
 from .tables import render_csv, render_latex, render_markdown, render_text, title_parts
-from .validity import annotate, check
+from .validity import CHECKS, annotate, check
 
 REPORT_DIR = "_report"  # leading underscore: the loader never reads its own output back
 
@@ -56,18 +57,35 @@ def describe(df: pd.DataFrame, summary: pd.DataFrame, results_path: str | os.Pat
 
 
 def validity_lines(flags: pd.DataFrame) -> list[str]:
-    """The validity section: a summary line, then per table its title and one line per flag
+    """The validity section: a summary line; one line per check of CHECKS saying whether it
+    flagged something, passed, or was not checked and why (a check that could not run is
+    never reported as passed); then per table its title and one line per flag
     (row: code: message), in the tables' order."""
-    checked = flags.attrs.get("checked", [])
-    if not checked:
-        return ["validity: no check had data (the checks compare the bare classifier, several eps, "
-                "black-box with white-box attacks and weaker with stronger settings, and look at "
-                "the attacks' perturbations)"]
+    checked = list(flags.attrs.get("checked", []))
+    not_checked = dict(flags.attrs.get("not_checked", {}))
+    codes = [c for c, _ in CHECKS]
+    for code in codes:
+        if code not in checked:
+            not_checked.setdefault(code, "no data for it")
+    flagged = flags["flag"].value_counts().to_dict() if not flags.empty else {}
     if flags.empty:
-        return [f"validity: no flags (checked: {', '.join(checked)})"]
-    numbers = len(flags.drop_duplicates(["dataset", "threat", "eps", "attack_label", "classifier",
-                                         "label"]))
-    lines = [f"validity: {len(flags)} flag(s) on {numbers} number(s) (checked: {', '.join(checked)})"]
+        head = "validity: no flags from the checks that ran" if not_checked else \
+            f"validity: no flags; all {len(codes)} checks ran"
+    else:
+        numbers = len(flags.drop_duplicates(["dataset", "threat", "eps", "attack_label",
+                                             "classifier", "label"]))
+        head = f"validity: {len(flags)} flag(s) on {numbers} number(s)"
+    passed = [c for c in checked if c not in flagged]
+    head += (f"; {len(flagged)} check(s) flagged, {len(passed)} passed, "
+             f"{len(not_checked)} not checked")
+    lines = [head]
+    for code, what in CHECKS:
+        if code in flagged:
+            lines.append(f"  flagged: {code} ({what}): {flagged[code]} flag(s)")
+        elif code in checked:
+            lines.append(f"  passed: {code} ({what})")
+        else:
+            lines.append(f"  not checked: {code} ({what}): {not_checked[code]}")
     table = None
     for r in flags.itertuples(index=False):
         where = " · ".join(title_parts(r.dataset, r.threat, r.eps, r.attack_label))

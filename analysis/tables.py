@@ -8,6 +8,10 @@ A summary annotated by :func:`analysis.validity.annotate` (columns ``flags`` and
 ``flag_messages``) marks each flagged robust number with ``⚑``; a table with a flagged row
 gains a last ``flags`` column (the codes) and one footnote per distinct message, naming the
 rows it concerns. The CSV carries the ``flags`` codes of every row.
+
+``n`` counts distinct images (the interval's unit); a table whose rows met non-finite
+predictions or gradients gains ``non-finite`` / ``nan-grad`` columns and a footnote, so that
+no number silently rests on a failed computation.
 """
 from __future__ import annotations
 
@@ -21,12 +25,24 @@ from .aggregate import SUMMARY_COLUMNS
 TABLE_KEYS = ["dataset", "threat", "eps", "attack_label"]
 HEADERS = ["defence", "classifier", "clean %", "robust % mean [95% CI]", "vote %", "worst %",
            "runs", "n"]
-_LEFT = 2  # the first two columns are names; the rest are numbers, right-aligned
 PARTIAL_NOTE = ("(partial): not every planned example has all its evaluation runs yet; "
                 "the numbers cover only the rows present and are not final.")
-CELLS_NOTE = "(k cells): k grid cells (e.g. seeds) pooled into one row."
+CELLS_NOTE = ("(k cells): k grid cells (e.g. seeds) pooled into one row; n counts distinct "
+              "images and the 95% CI is clustered by image.")
+NONFINITE_HEADER = "non-finite"
+NAN_GRAD_HEADER = "nan-grad"
+NONFINITE_NOTE = ("non-finite: rows (example x run) whose clean or adversarial prediction came "
+                  "from non-finite logits, counted as wrong.")
+NAN_GRAD_NOTE = ("nan-grad: the attack's gradient evaluations that met a non-finite value and "
+                 "were zeroed (J examples in brackets).")
 FLAG = "⚑"
 FLAGS_HEADER = "flags"
+_NAMES = frozenset({"defence", "classifier", FLAGS_HEADER})  # left-aligned; the rest are numbers
+
+
+def right_aligned(header: str) -> bool:
+    """Whether a column holds numbers (right-aligned in every format)."""
+    return header not in _NAMES
 
 
 def format_eps(eps: float) -> str:
@@ -49,11 +65,20 @@ def _pct(x: float) -> str:
     return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.1f}"
 
 
+def _count(row: pd.Series, col: str) -> int:
+    value = row.get(col, 0)
+    return 0 if value is None or pd.isna(value) else int(value)
+
+
 def _n_text(row: pd.Series) -> str:
-    extra = [f"{row['cells']} cells"] if row["cells"] > 1 else []
+    """Images; a partial row adds the (cell, example) pairs seen of those planned."""
+    cells = int(row["cells"])
+    seen = _count(row, "cell_n") or int(row["n"])
     if row["complete"]:
-        return f"{row['n']} ({extra[0]})" if extra else str(row["n"])
-    return f"{row['n']}/{row['cell_examples']} (" + ", ".join(["partial", *extra]) + ")"
+        return f"{row['n']} ({cells} cells)" if cells > 1 else str(row["n"])
+    if cells > 1:
+        return f"{row['n']} ({seen}/{row['cell_examples']} in {cells} cells, partial)"
+    return f"{seen}/{row['cell_examples']} (partial)"
 
 
 def _flags(row: pd.Series) -> str:
@@ -88,7 +113,8 @@ def flag_notes(g: pd.DataFrame) -> list[str]:
 def iter_tables(summary: pd.DataFrame
                 ) -> Iterator[tuple[list[str], list[str], list[list[str]], list[str]]]:
     """Yield (title parts, headers, display rows, footnotes) per table, in the summary's order.
-    A table with a flagged row gets a last ``flags`` column and the flag footnotes."""
+    A table with non-finite predictions or gradients gets ``non-finite`` / ``nan-grad``
+    columns; one with a flagged row a last ``flags`` column and the flag footnotes."""
     for key, g in summary.groupby(TABLE_KEYS, sort=False, dropna=False):
         notes = []
         if not g["complete"].all():
@@ -97,6 +123,15 @@ def iter_tables(summary: pd.DataFrame
             notes.append(CELLS_NOTE)
         rows = [row_cells(r) for _, r in g.iterrows()]
         headers = list(HEADERS)
+        if any(_count(r, "nonfinite") for _, r in g.iterrows()):
+            headers.append(NONFINITE_HEADER)
+            rows = [[*c, str(_count(r, "nonfinite"))] for c, (_, r) in zip(rows, g.iterrows())]
+            notes.append(NONFINITE_NOTE)
+        if any(_count(r, "grad_nonfinite") for _, r in g.iterrows()):
+            headers.append(NAN_GRAD_HEADER)
+            rows = [[*c, f"{_count(r, 'grad_nonfinite')} ({_count(r, 'grad_nonfinite_examples')})"
+                     if _count(r, "grad_nonfinite") else "0"] for c, (_, r) in zip(rows, g.iterrows())]
+            notes.append(NAN_GRAD_NOTE)
         codes = [_flags(r) for _, r in g.iterrows()]
         if any(codes):
             headers.append(FLAGS_HEADER)
@@ -110,11 +145,11 @@ def render_text(summary: pd.DataFrame) -> str:
     blocks = []
     robust_col = HEADERS.index("robust % mean [95% CI]")
     for parts, headers, rows, notes in iter_tables(summary):
-        if len(headers) > len(HEADERS):  # flagged table: keep the unmarked numbers aligned
+        if FLAGS_HEADER in headers:  # flagged table: keep the unmarked numbers aligned
             rows = [[c if i != robust_col or c.endswith(FLAG) else c + "  " for i, c in enumerate(r)]
                     for r in rows]
         widths = [max(len(r[i]) for r in [headers, *rows]) for i in range(len(headers))]
-        right = range(_LEFT, len(HEADERS))  # the flags column, like the names, is left-aligned
+        right = [i for i, h in enumerate(headers) if right_aligned(h)]
 
         def line(cells: list[str]) -> str:
             return "  ".join(c.rjust(w) if i in right else c.ljust(w)
@@ -134,7 +169,7 @@ def render_markdown(summary: pd.DataFrame) -> str:
     """GitHub pipe tables, one ``###`` section per table."""
     blocks = []
     for parts, headers, rows, notes in iter_tables(summary):
-        align = ["---"] * _LEFT + ["---:"] * (len(HEADERS) - _LEFT) + ["---"] * (len(headers) - len(HEADERS))
+        align = ["---:" if right_aligned(h) else "---" for h in headers]
         body = [f"### {_md(' · '.join(parts))}", ""]
         body += ["| " + " | ".join(_md(c) for c in r) + " |" for r in [headers, align, *rows]]
         body += [""] + [f"- {_md(n)}" if n.startswith(FLAG) else f"_{_md(n)}_" for n in notes]
@@ -162,7 +197,7 @@ def render_latex(summary: pd.DataFrame) -> str:
     """booktabs tables (needs ``\\usepackage{booktabs}``), one ``table`` float per group."""
     blocks = []
     for parts, headers, rows, notes in iter_tables(summary):
-        spec = "l" * _LEFT + "r" * (len(HEADERS) - _LEFT) + "l" * (len(headers) - len(HEADERS))
+        spec = "".join("r" if right_aligned(h) else "l" for h in headers)
         body = [r"\begin{table}[ht]", r"\centering",
                 r"\caption{" + r" $\cdot$ ".join(_tex(p) for p in parts) + "}",
                 rf"\begin{{tabular}}{{{spec}}}", r"\toprule",

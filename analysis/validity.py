@@ -4,7 +4,9 @@
 (summary row, flag). Every check uses only what the results hold; a grid that wants a check
 must include the cells it compares (a bare classifier, several eps, a black-box attack, a
 stronger setting). A check whose cells are absent yields nothing; the codes of the checks
-that found something to compare are listed in ``flags.attrs["checked"]``.
+that found something to compare are listed in ``flags.attrs["checked"]``, and every other
+code of CHECKS is in ``flags.attrs["not_checked"]`` with the reason, which the report
+prints: a check that could not run is never shown as passed.
 
 Flags (code: when; which summary rows carry it)
 
@@ -45,6 +47,15 @@ Flags (code: when; which summary rows carry it)
     pgd/bpda whose mean perturbation (in the threat's norm) on the examples that stayed
     correct is under ``small_perturbation`` (a quarter) of eps: a robust number measured
     against an attack that never used its budget.
+``non-finite``
+    Some row of the number (worst-of rows included) has a clean or adversarial prediction
+    of -1: its logits held a non-finite value. Counted as wrong, but a defence that fails
+    numerically is not robust, and the count must show. Checked when the results were
+    written by a harness that records it (a ``grad_nonfinite`` column, or a -1 seen).
+``gradient-masked``
+    The attack met a non-finite gradient (``grad_nonfinite`` > 0) on some example; those
+    steps were zeroed, so the attack was partly blind there: a silently zeroed gradient is
+    gradient masking. Checked where a gradient attack recorded ``grad_nonfinite``.
 
 The gap tolerance is ``max(gap, 1 / n)``: 3 accuracy points, but at least one example of
 the smaller of the two samples compared. The compared cells evaluate the same examples
@@ -76,7 +87,22 @@ CHECKS: tuple[tuple[str, str], ...] = (
     ("not-converged", "more steps/EOT/queries do not lower the number"),
     ("attack-null", "the attack perturbs its inputs"),
     ("small-perturbation", "the attack uses its budget on robust examples"),
+    ("non-finite", "no prediction came from non-finite logits"),
+    ("gradient-masked", "the attack's gradients were finite"),
 )
+#: Why a check did not run, when it had nothing to look at.
+NOT_CHECKED: dict[str, str] = {
+    "attack-weak": "no bare classifier (purifier none) was attacked with the same attack",
+    "eps-nonmonotone": "no defence was attacked at two eps with otherwise equal settings",
+    "eps-unbounded": "no attack had an unbounded eps (linf >= 1, l2 >= 64)",
+    "bb-stronger": "no defence was attacked both black-box and white-box at the same eps",
+    "no-eot": "no gradient attack on a defence known or seen to be random",
+    "not-converged": "no defence was attacked at two strengths (steps/EOT/queries) of one attack",
+    "attack-null": "no attack recorded perturbations it can be judged by",
+    "small-perturbation": "no pgd/bpda attack recorded perturbations on examples that stayed correct",
+    "non-finite": "the results predate non-finite predictions being recorded (no grad_nonfinite column)",
+    "gradient-masked": "no gradient attack recorded its non-finite gradients (grad_nonfinite column)",
+}
 FLAG_ORDER = {code: i for i, (code, _) in enumerate(CHECKS)}
 
 # Attacks that return an example they fail on unperturbed (AutoAttack's convention).
@@ -133,8 +159,10 @@ def _group_info(df: pd.DataFrame) -> pd.DataFrame:
     mean perturbation on robust rows."""
     keys = list(GROUP_KEYS)
     wanted = [*keys, "cell", "example", "clean_pred", "adv_pred", "adv_correct", "perturbation",
-              "found_by", "purifier", "attack", "cell_json"]
+              "found_by", "purifier", "attack", "cell_json", "grad_nonfinite"]
     frame = df[[c for c in wanted if c in df.columns]].copy()
+    frame["_grad_recorded"] = (frame["grad_nonfinite"].notna() if "grad_nonfinite" in frame.columns
+                               else False)
     # Randomness seen: an example whose clean (or adversarial) prediction differs between runs.
     varies = frame.groupby(["cell", "example"], sort=False)[["clean_pred", "adv_pred"]].nunique()
     random_cells = set(varies[(varies > 1).any(axis=1)].index.get_level_values("cell"))
@@ -151,6 +179,7 @@ def _group_info(df: pd.DataFrame) -> pd.DataFrame:
         purifier=("purifier", "first"), attack=("attack", "first"), cell_json=("cell_json", "first"),
         random_seen=("_random", "any"), pert_robust=("_pert_robust", "mean"),
         robust_rows=("adv_correct", "sum"), found_by=("_found_by", "any"),
+        grad_recorded=("_grad_recorded", "any"),
     ).reset_index()
     cells = [_parse(c) for c in info["cell_json"]]
     info["attack_params"] = [(c or {}).get("attack", {}).get("params") if c else None for c in cells]
@@ -210,7 +239,8 @@ def check(df: pd.DataFrame, summary: pd.DataFrame, tol: Tolerances | None = None
     """Validity flags of a summary (:func:`analysis.aggregate.summarise` of ``df``).
 
     Returns a DataFrame with FLAG_COLUMNS: one row per (summary row, flag), in summary order
-    then CHECKS order; ``attrs["checked"]`` lists the codes of the checks that had data.
+    then CHECKS order; ``attrs["checked"]`` lists the codes of the checks that had data and
+    ``attrs["not_checked"]`` maps every other code to the reason it could not run.
     """
     tol = tol or Tolerances()
     keys = list(GROUP_KEYS)
@@ -342,6 +372,24 @@ def check(df: pd.DataFrame, summary: pd.DataFrame, tol: Tolerances | None = None
                      f"attack barely perturbs robust examples: mean {r['threat']} perturbation "
                      f"{pert:.3g} vs eps {r['eps']:g}")
 
+    # 7. non-finite predictions and gradients (summary columns: worst-of rows included).
+    recorded = bool(rows["grad_recorded"].eq(True).any())
+    for _, r in rows.iterrows():
+        bad = int(r["nonfinite"])
+        if bad:
+            flag(r, "non-finite", f"{bad} of {int(r['rows'])} predictions came from non-finite "
+                                  "logits (counted as wrong)")
+        grads = int(r["grad_nonfinite"])
+        if grads:
+            flag(r, "gradient-masked",
+                 f"the attack's gradient was non-finite in {grads} evaluations on "
+                 f"{int(r['grad_nonfinite_examples'])} examples; those steps were zeroed")
+    if recorded or (rows["nonfinite"] > 0).any():
+        checked.add("non-finite")
+    gradient = attacked[np.array([_takes_gradients(a) for a in attacked["attack"]], dtype=bool)]
+    if gradient["grad_recorded"].eq(True).any() or (rows["grad_nonfinite"] > 0).any():
+        checked.add("gradient-masked")
+
     out = pd.DataFrame([(*k, code, msg) for k, code, msg in flags], columns=list(FLAG_COLUMNS))
     if not out.empty:
         order = {k: i for i, k in enumerate(summary[keys].itertuples(index=False, name=None))}
@@ -350,7 +398,18 @@ def check(df: pd.DataFrame, summary: pd.DataFrame, tol: Tolerances | None = None
         out = (out.sort_values(["_o", "_f"], kind="stable").drop(columns=["_o", "_f"])
                .drop_duplicates().reset_index(drop=True))
     out.attrs["checked"] = [c for c, _ in CHECKS if c in checked]
+    out.attrs["not_checked"] = {c: _why_not(c, attacked) for c, _ in CHECKS if c not in checked}
     return out
+
+
+def _takes_gradients(attack: Any) -> bool:
+    return isinstance(attack, str) and "needs_gradients" in _capabilities("attack", attack)
+
+
+def _why_not(code: str, attacked: pd.DataFrame) -> str:
+    if code == "gradient-masked" and not any(_takes_gradients(a) for a in attacked["attack"]):
+        return "no gradient attack in these results"
+    return NOT_CHECKED[code]
 
 
 def annotate(summary: pd.DataFrame, flags: pd.DataFrame) -> pd.DataFrame:

@@ -23,7 +23,8 @@ from .errors import GridError
 from .registry import KINDS, Param, PluginSpec
 
 # Bump when the meaning of a cell changes (e.g. a plugin's semantics): every hash changes.
-HASH_SALT = "lorid-harness/cell/v1"
+# v2: non-finite logits are a failed prediction (-1), not class 0; non-finite gradients are counted.
+HASH_SALT = "lorid-harness/cell/v2"
 
 ROOT = "<root>"
 DEFAULTS: dict[str, Any] = {"batch_size": 64, "shard_size": 256, "seeds": [0], "eval_runs": 1,

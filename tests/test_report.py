@@ -4,16 +4,18 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from analysis.aggregate import ResultsError, load_results, summarise
+from analysis.aggregate import (ResultsError, load_results, per_example, summarise,
+                                with_worst_over_attacks)
 from analysis.report import build_report
-from analysis.stats import mean_accuracy_interval, wilson_interval
-from analysis.tables import format_eps, render_csv, render_markdown, render_text
-from fixtures_results import SCHEMA, row, write_part
+from analysis.stats import clustered_interval, mean_accuracy_interval, wilson_interval
+from analysis.tables import format_eps, render_csv, render_latex, render_markdown, render_text
+from fixtures_results import NONFINITE, SCHEMA, row, write_part
 from harness.errors import UsageError
 
 ATTACK = "pgd(exact,eot=4,steps=20)"
@@ -86,6 +88,29 @@ def test_mean_interval_normal_and_wilson_fallback() -> None:
     assert mean_accuracy_interval([0.5]) == (0.0, 1.0)
 
 
+def test_clustered_interval_is_a_ratio_estimator_over_images() -> None:
+    # one value per image: exactly the per-example interval
+    v = [1, 2 / 3, 1 / 3, 1 / 3]
+    assert clustered_interval(v, [7, 8, 9, 10]) == pytest.approx(mean_accuracy_interval(v))
+    # a perfect copy of every image (a second seed that agrees) adds no information
+    assert clustered_interval(v + v, [0, 1, 2, 3] * 2) == pytest.approx(mean_accuracy_interval(v))
+    # ... whereas counting the copies as independent narrows it by ~sqrt(2) (ddof aside)
+    naive_lo, naive_hi = mean_accuracy_interval(v + v)
+    lo, hi = clustered_interval(v + v, [0, 1, 2, 3] * 2)
+    assert (hi - lo) / (naive_hi - naive_lo) == pytest.approx(math.sqrt(7 / 3), rel=1e-9)  # sqrt(2 * (n-1)/(2n-1))
+    # unequal cluster sizes: r = sum T / sum M, var = K/(K-1) sum (T - r M)^2 / (sum M)^2
+    vals = [1, 1, 0, 0.5, 0, 1, 1 / 3, 2 / 3, 1, 0]
+    ids = ["a", "a", "b", "c", "c", "d", "e", "e", "f", "g"]
+    t, m = np.array([2, 0, 0.5, 1, 1, 1, 0]), np.array([2, 1, 2, 1, 2, 1, 1])
+    r = t.sum() / m.sum()
+    half = 1.96 * math.sqrt(7 / 6 * ((t - r * m) ** 2).sum() / m.sum() ** 2)
+    assert 0 < r - half and r + half < 1
+    assert clustered_interval(vals, ids) == pytest.approx((r - half, r + half))
+    # every image all-robust or all-broken: Wilson on the number of images
+    assert clustered_interval([1, 1, 0, 0, 1, 1], [0, 0, 1, 1, 2, 2]) == wilson_interval(2, 3)
+    assert all(math.isnan(x) for x in clustered_interval([], []))
+
+
 # ---------------------------------------------------------------- loading
 
 def test_load_reads_all_parts_and_sweeps(results: Path) -> None:
@@ -139,6 +164,7 @@ def test_summary_numbers(results: Path) -> None:
     rows = by_label(s)
     a = rows[LORID]
     assert (a["n"], a["cell_examples"], a["runs"], a["rows"], a["cells"]) == (4, 4, 3, 12, 1)
+    assert (a["cell_n"], a["nonfinite"], a["grad_nonfinite"]) == (4, 0, 0)
     assert bool(a["complete"])
     assert a["clean"] == pytest.approx((1 + 1 + 1 + 2 / 3) / 4)
     assert a["robust_mean"] == pytest.approx(7 / 12)
@@ -163,8 +189,70 @@ def test_missing_run_is_partial_and_cells_pooled(tmp_path: Path) -> None:
     other = [dict(r, cell="d" * 16, seed_purify=r["seed_purify"] + 1) for r in a]
     write_part(tmp_path, other)   # a second seed of the same configuration
     (s,) = [r for _, r in summarise(load_results(tmp_path)).iterrows()]
-    assert (s["cells"], s["n"], s["cell_examples"], bool(s["complete"])) == (2, 8, 8, False)
-    assert "8/8 (partial, 2 cells)" in render_text(summarise(load_results(tmp_path)))
+    # n counts the 4 images; cell_n the 8 (cell, example) pairs seen of 8 planned
+    assert (s["cells"], s["n"], s["cell_n"], s["cell_examples"], bool(s["complete"])) == (2, 4, 8, 8, False)
+    assert "4 (8/8 in 2 cells, partial)" in render_text(summarise(load_results(tmp_path)))
+
+
+def test_pooled_seeds_are_clustered_by_image(tmp_path: Path) -> None:
+    """Two seeds of cell A on the same images: the interval is clustered by image, not by
+    (cell, example); by data_index when it is recorded, whatever the example position."""
+    a = cell_a_rows()
+    write_part(tmp_path, a)
+    write_part(tmp_path, [dict(r, cell="d" * 16) for r in a])  # a seed that agrees on every image
+    (s,) = [r for _, r in summarise(load_results(tmp_path)).iterrows()]
+    half = 1.96 * math.sqrt(44 / 432) / 2
+    assert (s["n"], s["cell_n"], s["cells"]) == (4, 8, 2)
+    assert (s["ci_lo"], s["ci_hi"]) == pytest.approx((7 / 12 - half, 7 / 12 + half))  # as one seed
+    assert "4 (2 cells)" in render_text(summarise(load_results(tmp_path)))
+    # a third cell showing the same images in another order: clustered by data_index
+    other = tmp_path / "other"
+    write_part(other, [dict(r, data_index=10 + r["example"]) for r in a])
+    write_part(other, [dict(r, cell="e" * 16, example=3 - r["example"], data_index=10 + r["example"])
+                       for r in a])
+    (s,) = [r for _, r in summarise(load_results(other)).iterrows()]
+    assert s["n"] == 4 and (s["ci_lo"], s["ci_hi"]) == pytest.approx((7 / 12 - half, 7 / 12 + half))
+
+
+def test_vote_never_counts_a_nonfinite_prediction(tmp_path: Path) -> None:
+    meta = cell_meta(CELL_A, LORID, cell_examples=5, eval_runs=3)
+    examples = [  # (y, adv_pred per run) -> vote correct?
+        (1, [1, 1, NONFINITE]),          # 2 of 3 correct: yes
+        (2, [2, NONFINITE, NONFINITE]),  # failures are the majority: no
+        (3, [3, NONFINITE, 5]),          # 3-way tie with a failure: no majority for y
+        (0, [0, NONFINITE, 7]),          # the same with y = 0, the smallest class: still no
+        (4, [NONFINITE, 2, 2]),          # 2 wins: no
+    ]
+    write_part(tmp_path, [row(meta, ex, run, y, p) for ex, (y, preds) in enumerate(examples)
+                          for run, p in enumerate(preds)])
+    df = load_results(tmp_path)
+    ex = per_example(df)
+    assert list(ex["robust_vote"]) == [True, False, False, False, False]
+    assert list(ex["nonfinite"]) == [1, 2, 1, 1, 1]
+    (s,) = [r for _, r in summarise(df).iterrows()]
+    assert s["nonfinite"] == 6 and s["grad_nonfinite"] == 0  # an older file: no grad column, 0
+    assert s["robust_mean"] == pytest.approx((2 + 1 + 1 + 1 + 0) / 15)
+
+
+def test_worst_of_propagates_nonfinite_and_gradients(tmp_path: Path) -> None:
+    def cell(c: str, attack: str, preds: list[int], grads: list[int]) -> list[dict]:
+        meta = dict(cell_meta(c, LORID, cell_examples=3, eval_runs=2), attack=attack,
+                    attack_label=f"{attack}(x)")
+        return [row(meta, ex, run, y=1, adv_pred=preds[ex], grad_nonfinite=grads[ex], data_index=ex)
+                for ex in range(3) for run in range(2)]
+    write_part(tmp_path, cell(CELL_A, "pgd", [1, 0, NONFINITE], [0, 3, 0]))
+    write_part(tmp_path, cell(CELL_B, "square", [NONFINITE, 1, 0], [0, 0, 0]))
+    s = summarise(with_worst_over_attacks(load_results(tmp_path)))
+    rows = {r["attack_label"]: r for _, r in s.iterrows()}
+    w = rows["worst-of[pgd(x) | square(x)]"]
+    assert (w["nonfinite"], w["grad_nonfinite"], w["grad_nonfinite_examples"]) == (4, 3, 1)
+    assert w["robust_mean"] == 0.0
+    assert (rows["pgd(x)"]["nonfinite"], rows["square(x)"]["nonfinite"]) == (2, 2)
+    text = render_text(s)
+    assert "non-finite" in text and "nan-grad" in text
+    assert "3 (1)" in render_markdown(s) and "3 (1)" in render_latex(s)
+    csv = pd.read_csv(pd.io.common.StringIO(render_csv(s)))
+    assert {"nonfinite", "grad_nonfinite", "grad_nonfinite_examples", "cell_n"} <= set(csv.columns)
 
 
 # ---------------------------------------------------------------- tables and report

@@ -9,9 +9,9 @@ import pytest
 from analysis.aggregate import load_results, summarise
 from analysis.report import build_report
 from analysis.tables import render_latex, render_markdown, render_text
-from analysis.validity import CHECKS, Tolerances, annotate, check
+from analysis.validity import CHECKS, NOT_CHECKED, Tolerances, annotate, check
 from conftest import harness
-from fixtures_results import row, write_part
+from fixtures_results import NONFINITE, row, write_part
 from harness.grid import canonical_json, cell_hash, cell_label
 from harness.registry import get
 
@@ -36,11 +36,15 @@ def autoattack(eps: float = 0.1, **kw) -> tuple[str, dict]:
 
 def add_cell(root: Path, purifier: tuple[str, dict], attack: tuple[str, dict], robust: int, *,
              n: int = 20, runs: int = 1, pert: float | None = None, clean_varies: bool = False,
-             sweep: str = "v") -> str:
+             sweep: str = "v", nan_grad: dict[int, int] | None = None,
+             nonfinite: tuple[tuple[int, int, str], ...] = (), old_writer: bool = False) -> str:
     """Write one cell: the first ``robust`` of ``n`` examples stay correct in every run.
 
     Every example's perturbation is ``pert`` (default: eps, an attack that used its budget);
     ``clean_varies`` makes example 0's clean prediction differ between runs (randomness seen).
+    ``nan_grad`` maps an example to its attack's non-finite gradient count (else 0);
+    ``nonfinite`` lists (example, run, "clean" | "adv") predictions from non-finite logits.
+    ``old_writer`` leaves out data_index and grad_nonfinite (results of an older harness).
     """
     def resolved(kind: str, name: str, params: dict) -> dict:
         return {"name": name, "params": get(kind, name).resolve(params, "<test>", kind)}
@@ -61,8 +65,13 @@ def add_cell(root: Path, purifier: tuple[str, dict], attack: tuple[str, dict], r
         y = ex % 10
         for run in range(runs):
             clean = (y + 1) % 10 if clean_varies and ex == 0 and run == 1 else None
-            rows.append(row(meta, ex, run, y, adv_pred=y if ex < robust else (y + 1) % 10,
-                            clean_pred=clean, perturbation=pert))
+            adv = y if ex < robust else (y + 1) % 10
+            clean = NONFINITE if (ex, run, "clean") in nonfinite else clean
+            adv = NONFINITE if (ex, run, "adv") in nonfinite else adv
+            new = {} if old_writer else {"data_index": 100 + ex,
+                                         "grad_nonfinite": (nan_grad or {}).get(ex, 0)}
+            rows.append(row(meta, ex, run, y, adv_pred=adv, clean_pred=clean, perturbation=pert,
+                            **new))
     write_part(root, rows)
     return h
 
@@ -111,14 +120,108 @@ def test_valid_set_has_no_flags_and_every_check_ran(root: Path) -> None:
     text = build_report(root)
     assert "⚑" not in text
     assert not any(line.startswith("defence") and line.endswith("flags") for line in text.splitlines())
-    assert f"validity: no flags (checked: {', '.join(ALL_CODES)})" in text
+    assert f"validity: no flags; all {len(CHECKS)} checks ran; 0 check(s) flagged, {len(CHECKS)} passed, 0 not checked" in text
+    for code, what in CHECKS:
+        assert f"  passed: {code} ({what})" in text
+    assert "not checked" not in text.split("validity: ")[1].split("\n", 1)[1]
 
 
 def test_no_data_no_check(tmp_path: Path) -> None:
-    add_cell(tmp_path, TUCKER, ("none", {}), 19)  # clean only: nothing to check
+    add_cell(tmp_path, TUCKER, ("none", {}), 19)  # clean only: nothing to check but the logits
     flags = flags_of(tmp_path)
-    assert flags.empty and flags.attrs["checked"] == []
-    assert "validity: no check had data" in build_report(tmp_path)
+    assert flags.empty and flags.attrs["checked"] == ["non-finite"]
+    assert set(flags.attrs["not_checked"]) == set(ALL_CODES) - {"non-finite"}
+    assert flags.attrs["not_checked"]["gradient-masked"] == "no gradient attack in these results"
+    text = build_report(tmp_path)
+    assert "validity: no flags from the checks that ran; 0 check(s) flagged, 1 passed, 9 not checked" in text
+    assert "validity: no flags;" not in text
+    assert f"  not checked: not-converged (more steps/EOT/queries do not lower the number): " \
+           f"{NOT_CHECKED['not-converged']}" in text
+
+
+def test_one_strength_per_cell_says_not_converged_is_not_checked(tmp_path: Path) -> None:
+    """A report with one attack strength per defence cannot tell whether the attack converged:
+    it must say so, not "no flags"."""
+    add_cell(tmp_path, ("none", {}), pgd(0.1), 0)
+    add_cell(tmp_path, LORID, pgd(0.1, eot=4), 12, runs=2)
+    flags = flags_of(tmp_path)
+    assert flags.empty and "not-converged" not in flags.attrs["checked"]
+    assert {"attack-weak", "no-eot", "non-finite", "gradient-masked"} <= set(flags.attrs["checked"])
+    text = build_report(tmp_path)
+    validity = text[text.index("validity: "):]
+    assert validity.startswith("validity: no flags from the checks that ran;")
+    assert ("  not checked: not-converged (more steps/EOT/queries do not lower the number): no defence "
+            "was attacked at two strengths (steps/EOT/queries) of one attack") in validity
+    assert "  passed: attack-weak" in validity
+    md = (tmp_path / "_report" / "report.md").read_text(encoding="utf-8")
+    assert "  - not checked: not-converged" in md
+    # a second, stronger rung of the same attack makes it checkable
+    add_cell(tmp_path, LORID, pgd(0.1, steps=20, eot=8), 12, runs=2)
+    assert "not-converged" in flags_of(tmp_path).attrs["checked"]
+
+
+def test_results_of_an_older_writer_leave_nonfinite_unchecked(tmp_path: Path) -> None:
+    add_cell(tmp_path, TUCKER, pgd(0.1), 10, old_writer=True)
+    flags = flags_of(tmp_path)
+    assert {"non-finite", "gradient-masked"} <= set(flags.attrs["not_checked"])
+    assert "predate" in flags.attrs["not_checked"]["non-finite"]
+
+
+def test_nonfinite_predictions_are_wrong_counted_and_flagged(tmp_path: Path) -> None:
+    add_cell(tmp_path, ("none", {}), pgd(0.1), 0)
+    # examples 0-9 robust; NaN logits on example 0 (clean, run 0), 1 (adv, both runs), 2 (adv, run 1)
+    bad = ((0, 0, "clean"), (1, 0, "adv"), (1, 1, "adv"), (2, 1, "adv"))
+    add_cell(tmp_path, LORID, pgd(0.1, eot=4), 10, runs=2, nonfinite=bad)
+    df = load_results(tmp_path)
+    s = summarise(df)
+    r = s[s["label"].str.startswith("lorid")].iloc[0]
+    assert r["nonfinite"] == 4 and r["rows"] == 40
+    assert r["robust_mean"] == pytest.approx((10 - 1 - 0.5) / 20)  # a -1 is never correct
+    assert r["robust_worst"] == pytest.approx(8 / 20)
+    # vote: example 1 (-1, -1) fails; example 2 (y, -1) is a tie with a failure: no majority
+    assert r["robust_vote"] == pytest.approx(8 / 20)
+    assert r["clean"] == pytest.approx(19.5 / 20)
+    flags = check(df, s)
+    got = flags[flags["flag"] == "non-finite"]
+    assert list(got["label"]) == [r["label"]]
+    assert got["message"].iloc[0] == "4 of 40 predictions came from non-finite logits (counted as wrong)"
+    text = build_report(tmp_path)
+    block = next(b for b in text.split("\n\n") if "eot=4" in b.splitlines()[0])
+    header = block.splitlines()[1]
+    assert "non-finite" in header and header.endswith("flags")
+    lorid_line = next(line for line in block.splitlines() if line.startswith("lorid"))
+    assert " 4  non-finite" in lorid_line
+    assert "non-finite: rows (example x run) whose clean or adversarial prediction" in block
+    csv = pd.read_csv(tmp_path / "_report" / "report.csv", keep_default_na=False)
+    assert list(csv["nonfinite"]) == [0, 4] and "non-finite" in csv["flags"].iloc[1]
+    assert "  flagged: non-finite (no prediction came from non-finite logits): 1 flag(s)" in text
+
+
+def test_nonfinite_gradients_flag_gradient_masking(tmp_path: Path) -> None:
+    add_cell(tmp_path, ("none", {}), pgd(0.1), 0)
+    add_cell(tmp_path, LORID, pgd(0.1, eot=4), 10, runs=3, nan_grad={3: 5, 12: 2})
+    add_cell(tmp_path, LORID, square(0.1), 11, runs=3)
+    df = load_results(tmp_path)
+    s = summarise(df)
+    r = s[s["attack_label"].str.startswith("pgd") & s["label"].str.startswith("lorid")].iloc[0]
+    assert (r["grad_nonfinite"], r["grad_nonfinite_examples"]) == (7, 2)  # once per example, not per run
+    flags = check(df, s)
+    got = flags[flags["flag"] == "gradient-masked"]
+    assert list(got["attack_label"]) == [r["attack_label"]]
+    assert got["message"].iloc[0] == ("the attack's gradient was non-finite in 7 evaluations on 2 "
+                                      "examples; those steps were zeroed")
+    text = build_report(tmp_path)
+    assert "nan-grad" in text and "7 (2)" in text
+    md = (tmp_path / "_report" / "report.md").read_text(encoding="utf-8")
+    assert "| nan-grad |" in md and "| 7 (2) |" in md
+    tex = (tmp_path / "_report" / "report.tex").read_text(encoding="utf-8")
+    assert r"& nan-grad & flags \\" in tex
+    # the worst-of row over pgd and square carries the same gradients and flag
+    worst = s[s["attack_label"].str.startswith("worst-of")] if "worst-of" in set(s["attack_label"]) else None
+    assert worst is None  # summarise alone adds no worst-of rows; the report does
+    csv = pd.read_csv(tmp_path / "_report" / "report.csv", keep_default_na=False)
+    w = csv[csv["attack_label"].str.startswith("worst-of") & csv["label"].str.startswith("lorid")].iloc[0]
+    assert w["grad_nonfinite"] == 7 and "gradient-masked" in w["flags"].split(";")
 
 
 def test_attack_weak_flags_the_whole_group(root: Path) -> None:
@@ -292,7 +395,9 @@ def test_end_to_end_broken_pgd_is_flagged(tmp_path: Path, monkeypatch: pytest.Mo
     tables, validity = r.stdout.split("\nvalidity: ")
     broken_table = next(b for b in tables.split("\n\n") if b.splitlines()[0].endswith(BROKEN))
     assert "⚑ attack-null: attack did nothing (zero perturbation)" in broken_table
-    assert validity.splitlines()[1] == f"digits · linf eps=0.3 · {BROKEN}"
+    assert validity.splitlines()[1 + len(CHECKS)] == f"digits · linf eps=0.3 · {BROKEN}"
+    assert "  flagged: attack-null (the attack perturbs its inputs): 2 flag(s)" in validity
+    assert "  passed: non-finite" in validity and "  passed: gradient-masked" in validity
     for defence in ("none", "tucker"):
         assert (f"  ⚑ {defence} (digits-cnn): attack-null: attack did nothing (zero perturbation)"
                 in validity)
