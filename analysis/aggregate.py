@@ -10,11 +10,19 @@ the interval is clustered by image (:mod:`analysis.stats`).
 A prediction of :data:`NONFINITE_PRED` (-1) came from non-finite logits: it is never correct,
 never a class in the majority vote, and counted (``nonfinite``) beside the number, as is
 ``grad_nonfinite``, the attack's zeroed non-finite gradients (absent in older rows: 0).
+
+Each resolved plugin parameter is a typed column ``<kind>.<param>`` (``purifier.t_s``, ...).
+The per-cell constants ``cell_json`` and ``assets`` live once per cell in
+``cell=<hash>/_cell.json`` and are re-attached here as categorical columns. Directories
+written before that layout (``cell_json``/``assets`` on every row, no parameter columns), and
+directories mixing both, read the same: the parameter columns are derived from ``cell_json``.
 """
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -92,6 +100,7 @@ def load_results(path: str | os.PathLike[str]) -> pd.DataFrame:
         if missing:
             raise ResultsError(f"{f}: missing result column(s) {', '.join(missing)}")
         tables.append(table)
+    tables = _with_cell_columns(tables, files)
     # permissive: older writers may lack optional columns or use narrower integer types.
     df = pa.concat_tables(tables, promote_options="permissive").to_pandas()
     if df.empty:
@@ -102,6 +111,92 @@ def load_results(path: str | os.PathLike[str]) -> pd.DataFrame:
     _check_duplicates(df)
     _check_cells(df)
     return df
+
+
+# ---------------------------------------------------------------- per-cell columns
+
+def _cell_file(part: Path, cache: dict[Path, dict[str, str] | None]) -> dict[str, str] | None:
+    """The _cell.json of the cell directory holding ``part`` (cell=<hash>/shard=<k>/part), or None."""
+    from harness.results import CELL_FILE, read_cell_file
+
+    d = part.parent.parent
+    if d not in cache:
+        f = d / CELL_FILE
+        try:
+            cache[d] = read_cell_file(f) if f.is_file() else None
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ResultsError(f"{f}: unreadable per-cell file ({exc})") from None
+    return cache[d]
+
+
+def _constant(value: str | None, n: int) -> pa.Array:
+    """``n`` copies of one string as a dictionary array (one dictionary entry, small in memory)."""
+    return pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, dtype=np.int32)), pa.array([value], pa.string()))
+
+
+def _derived_params(tables: list[pa.Table]) -> list[tuple[str, str]]:
+    """Parameter columns of rows written before they existed: from their cells' JSON."""
+    from harness.results import param_fields
+
+    cells = set()
+    for t in tables:
+        if "cell_json" in t.column_names and not any("." in c for c in t.column_names):
+            cells.update(v for v in t.column("cell_json").unique().to_pylist() if v)
+    parsed = []
+    for c in sorted(cells):
+        try:
+            cell = json.loads(c)
+        except ValueError:
+            continue
+        if isinstance(cell, dict):
+            parsed.append(cell)
+    return param_fields(parsed) if parsed else []
+
+
+def _with_cell_columns(tables: list[pa.Table], files: list[Path]) -> list[pa.Table]:
+    """Every table with ``cell_json`` and ``assets`` as dictionary columns (from its cell's
+    _cell.json where the rows lack them) and, for rows older than the parameter columns, those
+    columns and ``data_seed`` derived from ``cell_json``."""
+    from harness.results import ARROW_TYPES, CELL_COLUMNS, param_values
+
+    cache: dict[Path, dict[str, str] | None] = {}
+    derived = _derived_params(tables)
+    out = []
+    for table, f in zip(tables, files):
+        n = table.num_rows
+        has_params = any("." in c for c in table.column_names)
+        if "cell_json" not in table.column_names:
+            meta = _cell_file(f, cache)
+            if meta is not None:
+                cells = set(table.column("cell").unique().to_pylist())
+                if cells - {meta["cell"]}:
+                    raise ResultsError(f"{f}: rows of cell(s) {', '.join(sorted(cells))} under the "
+                                       f"_cell.json of cell {meta['cell']}")
+            for col in CELL_COLUMNS:
+                table = table.append_column(col, _constant(meta[col] if meta else None, n))
+        else:  # an older writer's rows: the same strings on every row, dictionary-encoded here
+            for col in CELL_COLUMNS:
+                if col in table.column_names:
+                    i = table.column_names.index(col)
+                    encoded = table.column(col).cast(pa.string()).combine_chunks().dictionary_encode()
+                    table = table.set_column(i, col, encoded)
+        wanted = [*([] if has_params else derived),
+                  *([] if "data_seed" in table.column_names else [("data_seed", "int64")])]
+        if wanted and "cell_json" in table.column_names:
+            codes = table.column("cell_json").chunk(0)
+            per_cell: list[dict[str, Any]] = []
+            for c in codes.dictionary.to_pylist():
+                try:
+                    cell = json.loads(c) if c else {}
+                except ValueError:
+                    cell = {}
+                cell = cell if isinstance(cell, dict) else {}
+                per_cell.append({**param_values(cell, derived), "data_seed": cell.get("data_seed")})
+            for name, typ in wanted:
+                values = pa.array([v[name] for v in per_cell], ARROW_TYPES[typ])
+                table = table.append_column(name, values.take(codes.indices))
+        out.append(table)
+    return out
 
 
 def _check_duplicates(df: pd.DataFrame) -> None:
@@ -289,6 +384,8 @@ def with_worst_over_attacks(df: pd.DataFrame) -> pd.DataFrame:
         rows["attack_label"] = f"{WORST_OF}[{' | '.join(labels)}]"
         rows["cell"] = "worst:" + "+".join(c[:8] for c in cells)
         rows["cell_json"] = "{}"
+        for c in [c for c in rows.columns if c.startswith("attack.")]:  # several attacks: none of theirs
+            rows[c] = rows[c].where(pd.Series(False, index=rows.index))
         rows["cell_examples"] = min(int(p["cell_examples"].iloc[0]) for p in per)
         rows["eval_runs"] = min(int(p["eval_runs"].iloc[0]) for p in per)
         rows[ROW_NONFINITE] = pd.concat([p.loc[common, ROW_NONFINITE] for p in per],

@@ -99,15 +99,13 @@ NOT_CHECKED: dict[str, str] = {
     "no-eot": "no gradient attack on a defence known or seen to be random",
     "not-converged": "no defence was attacked at two strengths (steps/EOT/queries) of one attack",
     "attack-null": "no attack recorded perturbations it can be judged by",
-    "small-perturbation": "no pgd/bpda attack recorded perturbations on examples that stayed correct",
+    "small-perturbation": "no iterative attack (capability iterative) recorded perturbations on examples that stayed correct",
     "non-finite": "the results predate non-finite predictions being recorded (no grad_nonfinite column)",
     "gradient-masked": "no gradient attack recorded its non-finite gradients (grad_nonfinite column)",
 }
 FLAG_ORDER = {code: i for i, (code, _) in enumerate(CHECKS)}
 
-# Attacks that return an example they fail on unperturbed (AutoAttack's convention).
-_CLEAN_ON_FAILURE = frozenset({"autoattack", "square"})
-_ITERATIVE = frozenset({"pgd", "bpda"})  # return their last iterate, robust or not
+# What makes an attack stronger (each plugin's `strength` hook says which apply to it).
 _STRENGTH = ("steps", "eot", "queries")
 
 
@@ -137,13 +135,20 @@ def _pct(x: float) -> str:
     return f"{100 * x:.1f}%"
 
 
-def _capabilities(kind: str, name: str) -> frozenset[str]:
+def _spec(kind: str, name: Any) -> Any:
+    """The plugin's declaration, or None for one not installed here (then nothing is assumed).
+    Every check reads capabilities and hooks: no plugin is named here."""
     from harness import registry
 
     try:
-        return registry.get(kind, name).capabilities
-    except Exception:  # noqa: BLE001 (a plugin unknown here: no declared capabilities)
-        return frozenset()
+        return registry.get(kind, name)
+    except Exception:  # noqa: BLE001 (a plugin unknown here)
+        return None
+
+
+def _capabilities(kind: str, name: Any) -> frozenset[str]:
+    spec = _spec(kind, name)
+    return spec.capabilities if spec is not None else frozenset()
 
 
 def _parse(cell_json: Any) -> dict[str, Any] | None:
@@ -201,38 +206,39 @@ def _without(params: dict[str, Any] | None, drop: tuple[str, ...]) -> str | None
 
 
 def _effective_eot(attack: str, p: dict[str, Any]) -> int:
-    eot = int(p.get("eot", 1) or 0)
-    if attack == "autoattack" and eot == 0:
-        return 20 if p.get("version") == "rand" else 1
-    return max(eot, 1)
-
-
-def _uses_gradient_eot(attack: str, p: dict[str, Any]) -> bool:
-    """A gradient attack through the defence, for which EOT means something."""
-    if p.get("gradient", "exact") != "exact":
-        return False
-    if attack == "autoattack" and p.get("version") == "custom":
-        return any(a != "square" for a in p.get("attacks", []))
-    return "needs_gradients" in _capabilities("attack", attack)
+    """Purifications averaged per gradient (the attack's `eot` hook)."""
+    spec = _spec("attack", attack)
+    return max(int(spec.eot(p)), 1) if spec is not None else max(int(p.get("eot", 1) or 1), 1)
 
 
 def _white_box(attack: str, p: dict[str, Any] | None) -> bool:
-    return ("needs_gradients" in _capabilities("attack", attack)
-            and (p is None or p.get("gradient", "exact") == "exact"))
+    """Gradients through the defence, for which EOT means something (the `white_box` hook)."""
+    spec = _spec("attack", attack)
+    if spec is None:
+        return False
+    return "needs_gradients" in spec.capabilities if p is None else spec.is_white_box(p)
 
 
 def _black_box(attack: str) -> bool:
-    caps = _capabilities("attack", attack)
-    return attack != "none" and ("black_box" in caps or ("needs_gradients" not in caps and bool(caps)))
+    return "black_box" in _capabilities("attack", attack)
 
 
 def _strength(attack: str, p: dict[str, Any]) -> tuple[int, ...]:
-    return tuple(_effective_eot(attack, p) if k == "eot" else int(p.get(k, 0) or 0) for k in _STRENGTH)
+    spec = _spec("attack", attack)
+    given = spec.strength(p) if spec is not None else {}
+    return tuple(int(given.get(k, 0)) for k in _STRENGTH)
 
 
 def _setting(attack: str, p: dict[str, Any]) -> str:
-    s = _strength(attack, p)
-    return ",".join(f"{k}={v}" for k, v in zip(_STRENGTH, s) if k in p)
+    spec = _spec("attack", attack)
+    given = spec.strength(p) if spec is not None else {}
+    return ",".join(f"{k}={given[k]}" for k in _STRENGTH if k in given)
+
+
+def _clean(attack: Any) -> bool:
+    """No attack at all (capability `clean`): clean accuracy rows."""
+    return attack is None or (isinstance(attack, float) and math.isnan(attack)) or \
+        "clean" in _capabilities("attack", attack)
 
 
 def check(df: pd.DataFrame, summary: pd.DataFrame, tol: Tolerances | None = None) -> pd.DataFrame:
@@ -245,7 +251,7 @@ def check(df: pd.DataFrame, summary: pd.DataFrame, tol: Tolerances | None = None
     tol = tol or Tolerances()
     keys = list(GROUP_KEYS)
     rows = summary.merge(_group_info(df), on=keys, how="left")
-    attacked = rows[(rows["attack"].fillna("none") != "none") & (rows["eps"] > 0)]
+    attacked = rows[np.array([not _clean(a) for a in rows["attack"]], dtype=bool) & (rows["eps"] > 0)]
     flags: list[tuple[tuple, str, str]] = []
     checked: set[str] = set()
 
@@ -255,7 +261,7 @@ def check(df: pd.DataFrame, summary: pd.DataFrame, tol: Tolerances | None = None
     # 1. attack works: the bare classifier under the same attack.
     for _, g in attacked.groupby(["dataset", "classifier", "threat", "eps", "attack_label"],
                                  sort=False, dropna=False):
-        bare = g[g["purifier"] == "none"]
+        bare = g[["no_defence" in _capabilities("purifier", p) for p in g["purifier"]]]
         if bare.empty:
             continue
         checked.add("attack-weak")
@@ -311,7 +317,7 @@ def check(df: pd.DataFrame, summary: pd.DataFrame, tol: Tolerances | None = None
     # 4. a deterministic attack on a random defence.
     for _, r in attacked.iterrows():
         p = r["attack_params"]
-        if p is None or not _uses_gradient_eot(r["attack"], p):
+        if p is None or not _white_box(r["attack"], p):
             continue
         random_plugin = "stochastic" in _capabilities("purifier", str(r["purifier"]))
         random = random_plugin or bool(r["random_seen"])
@@ -346,9 +352,10 @@ def check(df: pd.DataFrame, summary: pd.DataFrame, tol: Tolerances | None = None
     for _, r in attacked.iterrows():
         p = r["attack_params"] or {}
         name = r["attack"]
-        null_params = name in _ITERATIVE and (
+        iterative = "iterative" in _capabilities("attack", name)
+        null_params = iterative and (
             ("steps" in p and int(p["steps"]) == 0) or ("step_size" in p and float(p["step_size"]) == 0))
-        clean_on_failure = name in _CLEAN_ON_FAILURE or bool(r["found_by"])
+        clean_on_failure = "unperturbed_on_failure" in _capabilities("attack", name) or bool(r["found_by"])
         pert = r["pert_robust"]
         measured = not clean_on_failure and r["robust_rows"] > 0 and not pd.isna(pert)
         if null_params or measured:
@@ -365,7 +372,7 @@ def check(df: pd.DataFrame, summary: pd.DataFrame, tol: Tolerances | None = None
                 start = ", random start only" if p.get("random_start") else ""
                 message = f"attack did nothing ({what}: no gradient step{start})"
             flag(r, "attack-null", message)
-        elif measured and name in _ITERATIVE:
+        elif measured and iterative:
             checked.add("small-perturbation")
             if pert < tol.small_perturbation * r["eps"]:
                 flag(r, "small-perturbation",

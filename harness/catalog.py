@@ -24,6 +24,7 @@ from typing import Any
 
 import yaml
 
+from . import registry
 from .errors import AssetError, GridError, UsageError
 
 CATALOG = Path(__file__).resolve().parent / "assets" / "catalog.yaml"
@@ -208,6 +209,9 @@ def check_ref(value: Any, kind: str, file: str, key: str) -> None:
                                    "or a local path")
 
 
+registry.set_asset_validator(check_ref)  # the registry checks asset references through the catalogue
+
+
 def resolve(value: str, root: Path) -> Path:
     """The local path a parameter value stands for (an asset reference or a path)."""
     if is_ref(value):
@@ -272,8 +276,6 @@ class Need:
 
 def needs(cells: list[dict[str, Any]]) -> list[Need]:
     """Every local asset the cells name, once each, in grid order (registry-declared params)."""
-    from . import registry
-
     seen: dict[tuple[str, str], Need] = {}
     for cell in cells:
         for plugin_kind in ("dataset", "classifier", "purifier"):
@@ -293,7 +295,6 @@ def _bundled(kind: str, value: str) -> bool:
 
 
 # The image side each data set plugin gives the purifier (others take it from `size`).
-DATASET_SIDE = {"digits": 8, "cifar10": 32, "cifar100": 32}
 
 
 def check_cells(cells: list[dict[str, Any]], file: str) -> None:
@@ -318,7 +319,7 @@ def check_cells(cells: list[dict[str, Any]], file: str) -> None:
                 raise GridError(file, "classifier", f"{value} is a {arch.name} checkpoint: it needs "
                                                     f"{need}, not {entry['name']!r} with {got or entry['params']}")
         den = arch_of("denoiser", cell["purifier"]["params"].get("denoiser"))
-        side = DATASET_SIDE.get(ds["name"], ds["params"].get("size"))
+        side = registry.get("dataset", ds["name"]).image_side(ds["params"])
         if den is not None and side is not None and den.input[-1] != side:
             raise GridError(file, "purifier", f"denoiser {cell['purifier']['params']['denoiser']} "
                                               f"({den.name}) works on {den.input[-1]}x{den.input[-1]} images; "

@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from . import registry
+from . import catalog, registry  # catalog: installs the asset-reference check into the registry
 from .errors import GridError
 from .registry import KINDS, Param, PluginSpec
 
@@ -287,9 +287,7 @@ def expand(raw: dict[str, Any], file: str) -> list[dict[str, Any]]:
     groups = _zip_groups(raw.get("zip", []), list(ZIP_AXES), file, "zip")
     cells = [_cell(combo, s) for combo in _combine(axes, groups, file, "zip")]
     cells = _dedupe(_apply_excludes(cells, raw.get("exclude", []), axes, file))
-    from .catalog import check_cells
-
-    check_cells(cells, file)
+    catalog.check_cells(cells, file)
     return cells
 
 

@@ -12,77 +12,32 @@ from typing import Any
 
 import pandas as pd
 
+from . import registry
+from .difftime import T, diffusion_steps  # noqa: F401  (re-exported: the one rule for a time)
 from .errors import UsageError
 from .fsutil import atomic_write
 from .grid import Grid, canonical_json, cell_hash, cell_label
 
-T = 1000  # diffusion steps of the backbones' forward process; a float t_s < 1 is a fraction of it
-
 COLUMNS = ("row", "sweep", "cell", "shard", "start", "stop", "cell_json", "label", "attack_label",
            "dataset", "classifier", "purifier", "attack", "seed", "batch_size",
-           "nfe_per_example", "nfe_total", "gflop_total", "assets_dir", "asset_sha256")
+           "nfe_per_example", "nfe_total", "gflop_total", "assets_dir", "asset_sha256", "param_columns")
 _INT_COLUMNS = ("row", "shard", "start", "stop", "seed", "batch_size", "nfe_per_example",
                 "nfe_total")
 
 
 # ---------------------------------------------------------------- cost estimate
-
-def diffusion_steps(t: int | float) -> int:
-    """Forward steps a diffusion time stands for: an int is a step, a float < 1 a fraction of T."""
-    n = round(t * T) if isinstance(t, float) and t < 1 else round(t)
-    return max(0, min(int(n), T))
-
-
-def steps_per_round(t: int | float, steps: int = 0) -> int:
-    """Reverse (denoiser) steps of one diffuse/denoise round; `steps` > 0 respaces to fewer."""
-    n = diffusion_steps(t)
-    return min(steps, n) if steps > 0 else n
-
+# The plugins' own hooks (harness.registry.PluginSpec): the plan names no plugin.
 
 def nfe_per_purification(purifier: dict[str, Any]) -> int:
-    """Estimated denoiser evaluations to purify one example once.
-
-    Read from the parameters, not the name, so a new purifier declaring `t_s`/`loops`
-    or `schedule` is costed too; one without either (none, tucker) costs nothing.
-    """
-    p = purifier["params"]
-    steps = int(p.get("steps", 0))
-    if "schedule" in p:
-        return sum(steps_per_round(t, steps) for t in p["schedule"])
-    if "t_s" in p:
-        return int(p.get("loops", 1)) * steps_per_round(p["t_s"], steps)
-    return 0
-
-
-# Gradient sub-attacks of each AutoAttack version, counted with their target classes
-# (APGD-T and FAB-T try 9 targets): an upper bound, since robust points stop early.
-_AA_GRADIENT_RUNS = {"standard": 1 + 9 + 9, "rand": 2}
-_AA_RUNS = {"apgd-ce": 1, "apgd-dlr": 1, "apgd-t": 9, "fab": 1, "fab-t": 9}
+    """Estimated denoiser evaluations to purify one example once (the purifier's `nfe` hook)."""
+    return int(registry.get("purifier", purifier["name"]).nfe(purifier["params"]))
 
 
 def attack_passes(attack: dict[str, Any]) -> int:
-    """Purifier passes per example an attack adds (a backward pass counts as one more).
-
-    Greybox gradients skip the purifier, so only the final evaluation pays for it; BPDA runs
-    the purifier forward only; query attacks pay one forward per query.
-    """
-    name, p = attack["name"], attack["params"]
-    if p.get("gradient") == "greybox":
-        return 0
-    if name == "square":
-        return int(p["queries"])
-    if name == "bpda":
-        return int(p["steps"]) * int(p["eot"])
-    if name == "autoattack":
-        version = p["version"]
-        runs = (_AA_GRADIENT_RUNS.get(version)
-                or sum(_AA_RUNS.get(a, 0) for a in p.get("attacks", [])))
-        eot = int(p.get("eot") or (20 if version == "rand" else 1))
-        queries = int(p["queries"]) if version == "standard" or "square" in p.get("attacks", []) else 0
-        return int(p["steps"]) * eot * 2 * runs + queries
-    if "steps" not in p:
-        return 0
-    return int(p["steps"]) * int(p.get("eot", 1)) * 2
+    """Purifier passes per example an attack adds, a backward pass counting as one more (the
+    attack's `passes` hook): greybox gradients skip the purifier, BPDA runs it forward only,
+    a query attack pays one forward per query."""
+    return int(registry.get("attack", attack["name"]).passes(attack["params"]))
 
 
 def passes_per_example(cell: dict[str, Any]) -> int:
@@ -111,6 +66,16 @@ def gflop_row(cell: dict[str, Any], n_examples: int) -> float:
 
 # ---------------------------------------------------------------- plan
 
+def param_columns(cells: list[dict[str, Any]]) -> str:
+    """The result rows' parameter columns, [["<kind>.<param>", type], ...] as JSON: the union over
+    the sweep's cells, so that every part file of the sweep has the same schema."""
+    import json
+
+    from .results import param_fields
+
+    return json.dumps([list(f) for f in param_fields(cells)], separators=(",", ":"))
+
+
 def shard_ranges(examples: int, shard_size: int) -> list[tuple[int, int]]:
     """[start, stop) of each shard; the last one may be short."""
     return [(k, min(examples, k + shard_size)) for k in range(0, examples, shard_size)]
@@ -127,6 +92,7 @@ def make_plan(grid: Grid, assets: str | Path | None = None) -> pd.DataFrame:
     root = assets_dir(str(assets) if assets else None, grid.assets)
     # The sha256 of every catalogued file as staged now: the workers hold the files to it.
     pinned = json.dumps(pins(grid.cells, root), sort_keys=True)
+    columns = param_columns(grid.cells)
     rows = []
     for cell in grid.cells:
         fixed = {"sweep": grid.sweep, "cell": cell_hash(cell), "cell_json": canonical_json(cell),
@@ -138,7 +104,7 @@ def make_plan(grid: Grid, assets: str | Path | None = None) -> pd.DataFrame:
             rows.append({**fixed, "shard": k, "start": start, "stop": stop,
                          "nfe_total": nfe_row(cell, stop - start),
                          "gflop_total": gflop_row(cell, stop - start), "assets_dir": str(root),
-                         "asset_sha256": pinned})
+                         "asset_sha256": pinned, "param_columns": columns})
     df = pd.DataFrame(rows)
     df["row"] = range(len(df))
     return df[list(COLUMNS)].astype({c: "int64" for c in _INT_COLUMNS})

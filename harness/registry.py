@@ -1,20 +1,51 @@
-"""Plugin registries: every plugin declares its parameters and capabilities.
+"""Plugin registries: every plugin declares, in one file, its parameters, capabilities and
+the hooks the core calls.
 
-The grid validator reads these declarations, so nothing here imports torch:
-a plugin's implementation is named as "module:attr" and imported on first use.
+Nothing here imports torch: the grid validator, the cost estimate and the report read these
+declarations on a login node; a plugin's implementation is named as "module:attr" and
+imported on first use. The core never names a plugin: it reads capabilities and calls hooks.
+
+Where plugins come from: every module of the `harness.plugins` package that defines `SPECS`
+(the built-ins), then every entry point of the group `lorid_harness.plugins` (a site package
+adds plugins without editing this repository); an entry point names a PluginSpec or an
+iterable of them. Asset references are checked by a validator the catalogue installs
+(`set_asset_validator`), so this module does not import the catalogue.
 """
 from __future__ import annotations
 
 import importlib
+import pkgutil
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 from .errors import GridError
 
+ENTRY_POINT_GROUP = "lorid_harness.plugins"
 KINDS = ("dataset", "classifier", "purifier", "attack")
 REQUIRED = object()
 
 _TYPES = ("int", "float", "number", "bool", "str", "list[number]", "list[str]")
+
+#: Capabilities some code reads, and where. A plugin declaring another one is refused.
+CAPABILITIES: dict[str, str] = {
+    "stochastic": "purifier: random draws per call (validity: no-eot)",
+    "no_defence": "purifier: leaves the input as it is, the bare classifier (validity: attack-weak)",
+    "clean": "attack: returns its input, clean accuracy (validity and worst-of skip it)",
+    "needs_gradients": "attack: computes gradients through its target (validity: white-box, no-eot)",
+    "black_box": "attack: queries only (validity: bb-stronger)",
+    "iterative": "attack: returns its last iterate, fooled or not (validity: attack-null, small-perturbation)",
+    "unperturbed_on_failure": "attack: returns an example it fails on unperturbed (validity: attack-null)",
+}
+
+# Validates a value of an asset parameter: (value, asset kind, file, key) -> None or GridError.
+AssetValidator = Callable[[Any, str, str, str], None]
+_asset_validator: AssetValidator | None = None
+
+
+def set_asset_validator(fn: AssetValidator) -> None:
+    """Install the check of asset references (the catalogue installs its own on import)."""
+    global _asset_validator
+    _asset_validator = fn
 
 
 @dataclass(frozen=True)
@@ -35,6 +66,8 @@ class Param:
     # The kind of local asset the value names ("dataset", "classifier", "denoiser"): a path,
     # or `asset:<name>` from the catalogue (checked here, resolved by the worker).
     asset: str | None = None
+    # A further check of one value (a scalar, or each element of a list): the problem, or None.
+    check_value: Callable[[Any], str | None] | None = None
 
     def __post_init__(self) -> None:
         if self.type not in _TYPES:
@@ -69,12 +102,19 @@ class Param:
         if self.is_list:
             if not isinstance(value, list) or not value:
                 raise bad
-            return [self._scalar(self.type[5:-1], v, bad) for v in value]
+            out = [self._scalar(self.type[5:-1], v, bad) for v in value]
+            for v in out:
+                problem = self.check_value(v) if self.check_value is not None else None
+                if problem:
+                    raise GridError(file, key, f"{value!r} is not allowed: {v!r}: {problem}")
+            return out
         value = self._scalar(self.type, value, bad)
-        if self.asset:
-            from .catalog import check_ref
-
-            check_ref(value, self.asset, file, key)
+        if self.asset and _asset_validator is not None:
+            _asset_validator(value, self.asset, file, key)
+        if self.check_value is not None:
+            problem = self.check_value(value)
+            if problem:
+                raise GridError(file, key, f"{value!r} is not allowed: {problem}")
         return value
 
     def _scalar(self, typ: str, value: Any, bad: GridError) -> Any:
@@ -105,9 +145,27 @@ class Param:
         return value
 
 
+def _zero(params: dict[str, Any]) -> int:
+    return 0
+
+
 @dataclass(frozen=True)
 class PluginSpec:
-    """A plugin: kind, name, declared parameters, capabilities, lazy implementation."""
+    """A plugin: kind, name, declared parameters, capabilities, lazy implementation, and the
+    hooks the core calls (each a torch-free function of the resolved parameters).
+
+    - validate(params, file, key): cross-parameter checks; raise GridError naming the key.
+    - purifier: `configure(params)` -> the purifier's configuration (harness.purify.pipeline
+      PurifierConfig fields); `nfe(params)` -> denoiser evaluations per purification.
+    - attack: `threat(params)` -> (norm, eps) for the result columns ("none", 0.0 when the
+      attack has no budget); `passes(params)` -> purifier passes per example it adds (a
+      backward pass counted as one more); `eot(params)` -> purifications averaged per
+      gradient; `white_box(params)` -> whether this configuration differentiates through the
+      defence (default: capability needs_gradients and `gradient` not "greybox");
+      `strength(params)` -> {name: value} whose increase makes the attack stronger (steps,
+      EOT, queries), for the not-converged check.
+    - dataset: `image_side(params)` -> the side of the images it gives, None if unknown.
+    """
 
     kind: str
     name: str
@@ -116,6 +174,30 @@ class PluginSpec:
     capabilities: frozenset[str] = frozenset()
     help: str = ""
     label: tuple[str, ...] = ()  # parameters every table label shows, even at their default
+    validate: Callable[[dict[str, Any], str, str], None] | None = None
+    configure: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+    nfe: Callable[[dict[str, Any]], int] = _zero
+    threat: Callable[[dict[str, Any]], tuple[str, float]] = lambda p: ("none", 0.0)
+    passes: Callable[[dict[str, Any]], int] = _zero
+    eot: Callable[[dict[str, Any]], int] = lambda p: 1
+    white_box: Callable[[dict[str, Any]], bool] | None = None
+    strength: Callable[[dict[str, Any]], dict[str, int]] = lambda p: {}
+    image_side: Callable[[dict[str, Any]], int | None] = lambda p: None
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"plugin {self.name!r}: unknown kind {self.kind!r}; one of {KINDS}")
+        unknown = sorted(self.capabilities - set(CAPABILITIES))
+        if unknown:
+            raise ValueError(f"plugin {self.kind} {self.name!r}: unknown capability {unknown[0]!r}; "
+                             f"declared ones are read by some code: {', '.join(CAPABILITIES)}")
+        if self.kind == "purifier" and self.configure is None:
+            raise ValueError(f"purifier {self.name!r} declares no configure hook")
+
+    def is_white_box(self, params: dict[str, Any]) -> bool:
+        if self.white_box is not None:
+            return bool(self.white_box(params))
+        return "needs_gradients" in self.capabilities and params.get("gradient", "exact") != "greybox"
 
     def resolve(self, params: dict[str, Any] | None, file: str, key: str) -> dict[str, Any]:
         """Validate given parameters and fill defaults; unknown or missing keys are errors."""
@@ -133,6 +215,8 @@ class PluginSpec:
                 raise GridError(file, f"{key}.{pname}", f"required; expected {p.allowed()}")
             else:
                 out[pname] = p.default
+        if self.validate is not None:
+            self.validate(out, file, key)
         return out
 
     def load(self) -> Callable[..., Any]:
@@ -141,28 +225,75 @@ class PluginSpec:
 
 
 _REGISTRY: dict[str, dict[str, PluginSpec]] = {k: {} for k in KINDS}
+_SOURCES: dict[tuple[str, str], str] = {}  # (kind, name) -> where it was declared
+_loaded = False
 
 
-def register(spec: PluginSpec) -> PluginSpec:
-    if spec.kind not in _REGISTRY:
-        raise ValueError(f"unknown plugin kind {spec.kind!r}")
+def register(spec: PluginSpec, source: str = "") -> PluginSpec:
+    """Add a plugin; a second plugin of the same kind and name from elsewhere is an error."""
+    key = (spec.kind, spec.name)
+    if key in _SOURCES and _SOURCES[key] != source:
+        raise ValueError(f"{spec.kind} {spec.name!r} is declared twice: in {_SOURCES[key]} and in {source}")
     _REGISTRY[spec.kind][spec.name] = spec
+    _SOURCES[key] = source
     return spec
 
 
+def _register_all(obj: Any, source: str) -> None:
+    specs = [obj] if isinstance(obj, PluginSpec) else list(obj)
+    for spec in specs:
+        if not isinstance(spec, PluginSpec):
+            raise TypeError(f"{source}: {spec!r} is not a harness.registry.PluginSpec")
+        register(spec, source)
+
+
+def _builtin_modules() -> Iterable[str]:
+    package = importlib.import_module(__package__ + ".plugins")
+    for info in sorted(pkgutil.iter_modules(package.__path__), key=lambda m: m.name):
+        if not info.name.startswith("_"):
+            yield f"{package.__name__}.{info.name}"
+
+
+def _entry_points() -> list[Any]:
+    from importlib.metadata import entry_points
+
+    return sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name)
+
+
+def load_plugins() -> None:
+    """Register the built-in plugins and those of installed packages (once per process)."""
+    global _loaded
+    if _loaded:
+        return
+    _loaded = True
+    for module in _builtin_modules():
+        specs = getattr(importlib.import_module(module), "SPECS", None)
+        if specs is not None:
+            _register_all(specs, module)
+    for ep in _entry_points():
+        try:
+            obj = ep.load()
+        except Exception as exc:  # noqa: BLE001 - a broken site plugin must say which one
+            raise ImportError(f"plugin entry point {ep.name!r} ({ep.value}) of group "
+                              f"{ENTRY_POINT_GROUP!r} failed to load: {exc}") from exc
+        _register_all(obj, f"entry point {ep.name} = {ep.value}")
+
+
 def names(kind: str) -> list[str]:
-    _ensure_builtins()
+    load_plugins()
     return sorted(_REGISTRY[kind])
 
 
 def get(kind: str, name: Any, file: str = "<grid>", key: str = "") -> PluginSpec:
     """The plugin of that kind and name, or a GridError listing the allowed names."""
-    _ensure_builtins()
+    load_plugins()
     key = key or f"{kind}.name"
     if not isinstance(name, str) or name not in _REGISTRY[kind]:
         raise GridError(file, key, f"unknown {kind} {name!r}; allowed: {', '.join(names(kind))}")
     return _REGISTRY[kind][name]
 
 
-def _ensure_builtins() -> None:
-    from . import plugins  # noqa: F401  (registers the built-in plugins on import)
+def source(kind: str, name: str) -> str:
+    """Where a plugin was declared (a module, or an entry point)."""
+    load_plugins()
+    return _SOURCES.get((kind, name), "")

@@ -15,8 +15,8 @@ import numpy as np
 
 from . import registry
 from .catalog import assets_dir, is_ref, needs, resolve_params, stage_record
-from .results import (done_examples, part_path, provenance, remove_stale_temporaries, shard_dir,
-                      write_part)
+from .results import (cell_file_bytes, done_examples, param_fields, param_values, part_path, provenance,
+                      remove_stale_temporaries, row_schema, shard_dir, write_cell_file, write_part)
 
 
 @dataclass
@@ -72,6 +72,12 @@ class Assets:
         return Defended(purifier, classifier)
 
 
+def _threat(attack: dict[str, Any]) -> tuple[str, float]:
+    """The (norm, eps) result columns, from the attack plugin's own `threat` hook."""
+    norm, eps = registry.get("attack", attack["name"]).threat(attack["params"])
+    return str(norm), float(eps)
+
+
 def pending(plan_row: dict[str, Any], results_dir: Path, rank: int = 0, world: int = 1) -> list[int]:
     """This rank's examples of the row that have no rows yet (disjoint across ranks)."""
     done = done_examples(shard_dir(results_dir, plan_row["sweep"], plan_row["cell"], plan_row["shard"]))
@@ -100,6 +106,14 @@ def run_row(plan_row: dict[str, Any], results_dir: str | Path, assets: Assets, *
 
         raise UsageError(f"cell {plan_row['cell']}: {plan_row['stop']} examples asked, "
                          f"but data set {cell['dataset']['name']!r} has {len(order)}")
+    # Per-cell constants once per cell; parameter columns as the plan says for the whole sweep
+    # (an older plan has no param_columns: this cell's own parameters).
+    write_cell_file(out_dir, rank, cell_file_bytes(plan_row["sweep"], plan_row["cell"], plan_row["cell_json"],
+                                                    assets.record(cell), plan_row["label"],
+                                                    plan_row["attack_label"]))
+    fields = ([tuple(f) for f in json.loads(plan_row["param_columns"])] if plan_row.get("param_columns")
+              else param_fields([cell]))
+    schema = row_schema(fields)
     model = assets.defended(cell)
     attack = cell["attack"]
     attack_fn = registry.get("attack", attack["name"]).load()
@@ -107,10 +121,10 @@ def run_row(plan_row: dict[str, Any], results_dir: str | Path, assets: Assets, *
         "sweep": plan_row["sweep"], "cell": plan_row["cell"], "shard": int(plan_row["shard"]), "rank": rank,
         "label": plan_row["label"], "attack_label": plan_row["attack_label"],
         **{k: cell[k]["name"] for k in ("dataset", "classifier", "purifier", "attack")},
-        "threat": attack["params"].get("norm", "none"), "eps": float(attack["params"].get("eps", 0.0)),
-        "seed": cell["seed"], "cell_examples": int(cell_examples or plan_row["stop"]),
-        "eval_runs": cell["eval_runs"], "cell_json": plan_row["cell_json"],
-        "device": str(assets.device), "assets": assets.record(cell), **provenance(),
+        **dict(zip(("threat", "eps"), _threat(attack))),
+        "seed": cell["seed"], "data_seed": cell["data_seed"],
+        "cell_examples": int(cell_examples or plan_row["stop"]), "eval_runs": cell["eval_runs"],
+        "device": str(assets.device), **provenance(), **param_values(cell, fields),
     }
     written = 0
     bs = int(plan_row["batch_size"])
@@ -121,7 +135,7 @@ def run_row(plan_row: dict[str, Any], results_dir: str | Path, assets: Assets, *
         batch = Batch(examples, idx.tolist(), x.to(assets.device), y.to(assets.device))
         rows = evaluate_batch(model, batch, cell=plan_row["cell"], attack_fn=attack_fn,
                               attack_params=attack["params"], eval_runs=cell["eval_runs"], seed=cell["seed"])
-        write_part([{**constant, **r} for r in rows], part_path(out_dir, rank, examples[0]))
+        write_part([{**constant, **r} for r in rows], part_path(out_dir, rank, examples[0]), schema)
         written += len(rows)
         if on_batch:
             on_batch(len(examples))

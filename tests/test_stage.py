@@ -105,15 +105,16 @@ def test_run_resolves_assets_and_refuses_a_changed_one(site: dict, tmp_path: Pat
     r = harness("run", "--grid", str(site["grid"]), "--jobs", str(tmp_path / "jobs"),
                 "--results", str(tmp_path / "results"), cwd=tmp_path, env=env, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
-    parts = list((tmp_path / "results" / "site").rglob("rank-*-part-*.parquet"))
-    df = pd.concat([pd.read_parquet(p) for p in parts])
+    from analysis.aggregate import load_results
+
+    df = load_results(tmp_path / "results" / "site")  # rows + each cell's _cell.json (assets)
     assert len(df) == 4 * 4  # 2 purifiers × 2 attacks × 4 examples, one evaluation run
     assert sorted(df["example"].unique()) == [0, 1, 2, 3]
     plan = pd.read_parquet(tmp_path / "jobs" / "site" / "plan.parquet")
     assert set(plan["assets_dir"]) == {str(site["root"])}
     wrn_sha = file_digest(site["root"] / "models" / "wrn.pt")
     assert json.loads(plan["asset_sha256"].iloc[0])["asset:clf"] == {"": wrn_sha}
-    # every row records the sha256 of each catalogued file its cell used
+    # every cell records the sha256 of each catalogued file it used
     used = {p: json.loads(v) for p, v in df.groupby("purifier")["assets"].first().items()}
     assert used["none"]["asset:clf"] == {"": wrn_sha} and "asset:den" not in used["none"]
     assert set(used["lorid"]["asset:den"]) == {"config.json", "diffusion_pytorch_model.safetensors"}

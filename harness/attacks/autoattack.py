@@ -38,13 +38,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..plugins.attack_autoattack import SUB_ATTACKS  # declared once, with the plugin
 from ..rng import ExampleNoise, derive_seed
 from . import AttackResult
 from .budget import project
 from .finite import sanitize
 
 VERSIONS = ("standard", "rand", "custom")
-SUB_ATTACKS = ("apgd-ce", "apgd-dlr", "apgd-t", "fab", "fab-t", "square")
 _NORMS = {"linf": "Linf", "l2": "L2"}
 
 CLEAN = "clean"  # found_by for an example misclassified with no perturbation

@@ -164,6 +164,17 @@ def locate(target: str | Path, jobs: str | Path | None = None) -> tuple[str, Pat
     raise UsageError(f"{target}: neither jobs/<sweep> (with plan.parquet) nor a results/<sweep> directory")
 
 
+def _labels(cell_dir: Path) -> tuple[str, str]:
+    """(defence label, attack label) of a cell directory from its _cell.json; the hash without one."""
+    from ..results import CELL_FILE, read_cell_file
+
+    try:
+        meta = read_cell_file(cell_dir / CELL_FILE)
+    except (OSError, ValueError, KeyError, TypeError):  # absent (older layout) or unreadable
+        return cell_dir.name[5:], ""
+    return meta["label"] or cell_dir.name[5:], meta["attack_label"]
+
+
 def sweep_status(target: str | Path, jobs: str | Path | None = None,
                  states: dict[str, str] | None = None) -> SweepStatus:
     """Count examples per cell; `states` overrides the scheduler query (tests)."""
@@ -180,7 +191,8 @@ def sweep_status(target: str | Path, jobs: str | Path | None = None,
     if jobs_dir is None:  # results only: what is there, nothing about what is not
         for d in sorted(results_sweep.glob("cell=*")):
             n = sum(len(done_examples(s)) for s in d.glob("shard=*"))
-            st.cells.append({"cell": d.name[5:], "label": d.name[5:], "attack_label": "",
+            label, attack_label = _labels(d)
+            st.cells.append({"cell": d.name[5:], "label": label, "attack_label": attack_label,
                              "examples": n, "done": n, "running": 0, "queued": 0, "failed": 0, "missing": 0})
         return st
     plan = load_plan(jobs_dir / "plan.parquet")

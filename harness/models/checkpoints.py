@@ -28,7 +28,7 @@ from torch import nn
 from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
 
 from ..errors import AssetError
-from .bundled import sha256
+from ..fsutil import file_digest
 
 WRAPPER_KEYS = ("state_dict", "model_state_dict")
 PREFIX = "module."
@@ -95,7 +95,7 @@ def read_checkpoint(path: str | Path, expected_sha256: str | None = None) -> Any
     if not path.is_file():
         raise AssetError(f"{path}: missing checkpoint")
     if expected_sha256 is not None:
-        got = sha256(path)
+        got = file_digest(path, "sha256")
         if got.lower() != expected_sha256.strip().lower():
             raise AssetError(f"{path}: sha256 mismatch: expected {expected_sha256}, got {got}; "
                              "the file is corrupt or was replaced")

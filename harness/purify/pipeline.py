@@ -2,7 +2,8 @@
 
 LoRID, DiffPure-style and multi-step purification are the same loop with different
 lists of rounds; GDMP is LoRID's loop with each reverse step guided toward the input
-(purify.guidance); `none` and `tucker` are the reference rows.
+(purify.guidance); `none` and `tucker` are the reference rows. Each purifier plugin says
+which configuration it is through its `configure` hook (harness/plugins/purifier_*.py).
 """
 from __future__ import annotations
 
@@ -37,22 +38,10 @@ class PurifierConfig:
 
     @classmethod
     def from_plugin(cls, name: str, params: dict[str, Any]) -> "PurifierConfig":
-        tk = {k: params[k] for k in ("tucker_patch", "tucker_stride", "tucker_rank", "tucker_per") if k in params}
-        common = {k: params[k] for k in ("sampler", "steps", "denoiser") if k in params}
-        if name == "none":
-            return cls()
-        if name == "tucker":
-            return cls(tucker="only", **tk)
-        if name == "lorid":
-            return cls(rounds=[params["t_s"]] * params["loops"], tucker=params["tucker"], **tk, **common)
-        if name == "gdmp":
-            return cls(rounds=[params["t_s"]] * params["loops"], guidance=params["guidance"],
-                       guidance_scale=params["guidance_scale"], **common)
-        if name == "diffpure":
-            return cls(rounds=[params["t_s"]], **common)
-        if name == "multistep":
-            return cls(rounds=list(params["schedule"]), **common)
-        raise ValueError(f"no purifier configuration for plugin {name!r}")
+        """The configuration a purifier plugin's own `configure` hook gives for its parameters."""
+        from .. import registry
+
+        return cls(**registry.get("purifier", name).configure(params))
 
 
 class Purifier(nn.Module):

@@ -24,18 +24,11 @@ class Schedule:
         return cls(torch.cumprod(1 - betas, 0))
 
     def step_of(self, t: float | int) -> int:
-        """A diffusion time as a step index: an int >= 1 is the step count, a float in (0,1) a fraction of T."""
-        if isinstance(t, bool):
-            raise ValueError("t must be a number")
-        if isinstance(t, int) or (isinstance(t, float) and t >= 1 and t.is_integer()):
-            n = int(t)
-        elif 0 < t < 1:
-            n = int(round(t * self.T))
-        else:
-            raise ValueError(f"t={t!r}: expected an integer step in [1, {self.T}] or a fraction in (0, 1)")
-        if not 1 <= n <= self.T:
-            raise ValueError(f"t={t!r} is {n} steps; expected 1..{self.T}")
-        return n - 1  # index into alphas_bar
+        """A diffusion time as a step index (harness.difftime's one rule: an int >= 1 is the
+        step count, a float in (0,1) a fraction of T)."""
+        from ..difftime import diffusion_steps
+
+        return diffusion_steps(t, self.T) - 1  # index into alphas_bar
 
     def diffuse(self, x0: torch.Tensor, t_index: int, noise: torch.Tensor) -> torch.Tensor:
         ab = float(self.alphas_bar[t_index])
