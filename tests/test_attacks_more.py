@@ -216,9 +216,12 @@ def test_square_uses_no_gradients(data) -> None:
 
 def test_declarations() -> None:
     specs = {n: registry.get("attack", n) for n in ("autoattack", "bpda", "square")}
-    assert {"needs_gradients", "eot"} <= specs["autoattack"].capabilities
-    assert {"needs_gradients", "eot"} <= specs["bpda"].capabilities
-    assert specs["square"].capabilities == {"black_box"}
+    # only capabilities some code reads (registry.CAPABILITIES); EOT is the `eot` hook
+    assert specs["autoattack"].capabilities == {"needs_gradients", "unperturbed_on_failure"}
+    assert specs["bpda"].capabilities == {"needs_gradients", "iterative"}
+    assert specs["square"].capabilities == {"black_box", "unperturbed_on_failure"}
+    assert specs["autoattack"].eot({"version": "rand", "eot": 0}) == 20
+    assert specs["bpda"].eot({"eot": 4}) == 4
     for s in specs.values():
         assert set(s.label) <= set(s.params) and {"norm", "eps"} <= set(s.label)
     for shared in ("norm", "eps", "steps", "step_size", "eot", "random_start"):
