@@ -324,6 +324,14 @@ def check_cells(cells: list[dict[str, Any]], file: str) -> None:
             raise GridError(file, "purifier", f"denoiser {cell['purifier']['params']['denoiser']} "
                                               f"({den.name}) works on {den.input[-1]}x{den.input[-1]} images; "
                                               f"dataset {ds['name']!r} gives {side}x{side}")
+        for kind in ("classifier", "purifier", "attack"):  # lengths in pixels fit in the image
+            spec = registry.get(kind, cell[kind]["name"])
+            for pname, value in cell[kind]["params"].items():
+                param = spec.params.get(pname)
+                if side is not None and param is not None and param.pixels and value > side:
+                    raise GridError(file, f"{kind}.params.{pname}",
+                                    f"{value} is more than the image side: dataset {ds['name']!r} "
+                                    f"gives {side}x{side} images; expected at most {side}")
 
 
 def problems(needed: list[Need], root: Path) -> list[str]:

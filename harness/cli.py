@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from .errors import UsageError
+from .errors import GridError, UsageError
 
 
 class Progress:
@@ -72,7 +72,29 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return 0
 
 
+def check_device(device: str) -> str:
+    """The torch device `run` will use, checked before anything runs: cpu, cuda or cuda:N
+    with N < torch.cuda.device_count(); else a UsageError naming what is available."""
+    import re
+
+    m = re.fullmatch(r"(cpu|cuda)(?::(\d{1,4}))?", device)
+    if m is None or (m.group(1) == "cpu" and m.group(2) is not None):
+        raise UsageError(f"--device {device[:40]!r} is not a device; expected cpu, cuda or cuda:N")
+    if m.group(1) == "cpu":
+        return device
+    import torch
+
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    index = int(m.group(2) or 0)
+    if index >= count:
+        available = "cpu" + "".join(f", cuda:{i}" for i in range(count))
+        raise UsageError(f"--device {device}: no such device here ({count} CUDA device(s) visible); "
+                         f"available: {available}")
+    return device
+
+
 def cmd_run(args: argparse.Namespace) -> int:
+    check_device(args.device)
     from .catalog import require_grid
     from .grid import load_grid
     from .plan import make_plan, summary, write_plan
@@ -169,6 +191,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+MAX_MESSAGE = 3000
+
 ASSETS_HELP = ("asset directory that asset:<name> values resolve against (default: the grid's "
                "`assets:`, else $HARNESS_ASSETS, else ./assets)")
 
@@ -241,7 +265,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.fn(args)
     except UsageError as exc:
-        print(f"harness: error: {exc}", file=sys.stderr)
+        text = str(exc)
+        if isinstance(exc, GridError) and len(text) > MAX_MESSAGE:  # a message never floods the terminal (values are cut anyway)
+            text = text[:MAX_MESSAGE] + f" [... {len(text) - MAX_MESSAGE} more characters]"
+        print(f"harness: error: {text}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("harness: interrupted; finished batches are kept, run again to resume", file=sys.stderr)

@@ -20,7 +20,7 @@ import yaml
 
 from . import catalog, registry  # catalog: installs the asset-reference check into the registry
 from .errors import GridError
-from .registry import KINDS, Param, PluginSpec
+from .registry import INT64_MAX, KINDS, Param, PluginSpec, shown, shown_key
 
 # Bump when the meaning of a cell changes (e.g. a plugin's semantics): every hash changes.
 # v2: non-finite logits are a failed prediction (-1), not class 0; non-finite gradients are counted.
@@ -34,7 +34,32 @@ TOP_KEYS = ("sweep", *KINDS, "examples", "batch_size", "shard_size", "seeds", "e
 REQUIRED_KEYS = ("sweep", *KINDS, "examples")
 ZIP_AXES = (*KINDS, "seeds")
 ENTRY_KEYS = ("name", "params", "zip")
-_SWEEP_RE = re.compile(r"[A-Za-z0-9_.-]+")
+
+# The one rule for a sweep name (it becomes results/<sweep>/ and jobs/<sweep>/): the report
+# skips names starting with "." or "_" (its own _report/, temporaries), so a sweep never does.
+SWEEP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+SWEEP_RULE = ("a name of 1 to 64 letters, digits, '_', '.', '-', starting with a letter or "
+              "digit (it becomes a directory)")
+
+
+def is_sweep_name(name: Any) -> bool:
+    """True when `name` is a valid sweep name (SWEEP_NAME); the report's skip rule agrees."""
+    return isinstance(name, str) and SWEEP_NAME.fullmatch(name) is not None
+
+
+# What a grid file may be: the reader refuses anything beyond these, naming the key path.
+MAX_GRID_BYTES = 1 << 20  # 1 MiB of YAML
+MAX_DEPTH = 32  # nested mappings/lists
+MAX_NODES = 100_000  # values after alias expansion (a YAML alias bomb is refused, not expanded)
+MAX_CELLS = 100_000  # cells of one grid before exclusion
+MAX_ROWS = 1_000_000  # plan rows: cells x shards
+# Bounds of the top-level settings. data_seed seeds numpy's RandomState (harness.data.base
+# .selection: 0 <= seed < 2**32); seeds are hashed into per-example seeds (harness.rng) and
+# stored in int64 plan/result columns.
+LIMITS: dict[str, tuple[int, int]] = {
+    "examples": (1, 10_000_000), "batch_size": (1, 100_000), "shard_size": (1, 10_000_000),
+    "eval_runs": (1, 1_000), "data_seed": (0, 2 ** 32 - 1), "seeds": (0, INT64_MAX),
+}
 
 
 @dataclass(frozen=True)
@@ -59,22 +84,57 @@ class Grid:
 # ---------------------------------------------------------------- loading
 
 class _StrictLoader(yaml.SafeLoader):
-    """SafeLoader that rejects duplicate keys (PyYAML keeps the last one silently)."""
+    """SafeLoader (safe_load semantics) that rejects duplicate keys (PyYAML keeps the last one
+    silently), keys that are not strings, nesting deeper than MAX_DEPTH (PyYAML's composer
+    recurses) and integers outside int64. Aliases are allowed; their expansion is counted after
+    loading (`_check_size`)."""
+
+    _depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                raise yaml.composer.ComposerError(
+                    None, None, f"nested deeper than {MAX_DEPTH} levels", self.peek_event().start_mark)
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
 
 
 def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode) -> dict[Any, Any]:
     loader.flatten_mapping(node)
     out: dict[Any, Any] = {}
     for knode, vnode in node.value:
+        if not isinstance(knode, yaml.ScalarNode):
+            raise yaml.constructor.ConstructorError(
+                None, None, "a key that is a mapping or a list; keys must be names", knode.start_mark)
         key = loader.construct_object(knode, deep=True)
+        if not isinstance(key, str):
+            raise yaml.constructor.ConstructorError(
+                None, None, f"key {shown(key)} is a {type(key).__name__}; keys must be names "
+                            "(quote it to make it a string)", knode.start_mark)
         if key in out:
             raise yaml.constructor.ConstructorError(
-                None, None, f"duplicate key {key!r}", knode.start_mark)
+                None, None, f"duplicate key {shown(key)}", knode.start_mark)
         out[key] = loader.construct_object(vnode, deep=True)
     return out
 
 
+def _construct_int(loader: _StrictLoader, node: yaml.ScalarNode) -> int:
+    text = str(node.value)
+    if len(text.replace("_", "")) > 40:  # int() of thousands of digits is refused or slow
+        raise yaml.constructor.ConstructorError(
+            None, None, f"an integer of {len(text)} characters; expected at most 64 bits", node.start_mark)
+    value = loader.construct_yaml_int(node)
+    if not -(2 ** 63) <= value <= INT64_MAX:
+        raise yaml.constructor.ConstructorError(
+            None, None, f"integer {shown(value)} is outside 64 bits", node.start_mark)
+    return value
+
+
 _StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+_StrictLoader.add_constructor("tag:yaml.org,2002:int", _construct_int)
 # YAML 1.1 reads "8e-3" as a string; budgets are often written that way, so read it as a float.
 _StrictLoader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
@@ -83,16 +143,64 @@ _StrictLoader.add_implicit_resolver(
 
 
 def parse_yaml(source: bytes | str, file: str) -> dict[str, Any]:
-    """The top-level mapping of a grid file, or a GridError at <root>."""
+    """The top-level mapping of a grid file, or a GridError at <root> (or at the key path of
+    a value too large to represent)."""
+    if isinstance(source, bytes):
+        if len(source) > MAX_GRID_BYTES:
+            raise GridError(file, ROOT, f"{len(source)} bytes; a grid file holds at most "
+                                        f"{MAX_GRID_BYTES} bytes of YAML")
+        try:
+            source = source.decode("utf-8-sig")
+        except UnicodeDecodeError as exc:
+            raise GridError(file, ROOT, f"not UTF-8 text (byte {exc.start}: "
+                                        f"{source[exc.start:exc.start + 1]!r}); expected a UTF-8 "
+                                        "YAML mapping") from None
+    if not source.strip():
+        raise GridError(file, ROOT, f"empty file; expected a mapping with keys: {', '.join(TOP_KEYS)}")
     try:
         raw = yaml.load(source, Loader=_StrictLoader)  # noqa: S506 (a SafeLoader subclass)
     except yaml.YAMLError as exc:
-        raise GridError(file, ROOT, f"not valid YAML ({_one_line(exc)}); expected a mapping "
-                                    f"with keys: {', '.join(TOP_KEYS)}") from None
+        raise GridError(file, ROOT, f"not valid YAML ({shown(_one_line(exc), 300)}); expected a "
+                                    f"mapping with keys: {', '.join(TOP_KEYS)}") from None
+    except (RecursionError, ValueError, TypeError, OverflowError, MemoryError) as exc:
+        # whatever PyYAML's constructors let through (e.g. a sexagesimal or a date out of range)
+        raise GridError(file, ROOT, f"not a grid ({type(exc).__name__}: {shown(str(exc), 200)}); "
+                                    f"expected a mapping with keys: {', '.join(TOP_KEYS)}") from None
     if not isinstance(raw, dict):
         raise GridError(file, ROOT, f"top level is {type(raw).__name__}, not a mapping; "
                                     f"expected keys: {', '.join(TOP_KEYS)}")
+    _check_size(raw, file)
     return raw
+
+
+def _check_size(raw: Any, file: str) -> None:
+    """Refuse a document that expands (through aliases) beyond MAX_NODES values or MAX_DEPTH
+    levels: walked with a budget, so an alias bomb or a recursive alias costs MAX_NODES steps."""
+    count = 0
+    # (value, depth, (parent entry, key or index)): the key path is written only for an error
+    stack: list[tuple[Any, int, Any]] = [(raw, 0, None)]
+    while stack:
+        value, depth, where = stack.pop()
+        count += 1
+        if count > MAX_NODES:
+            raise GridError(file, _path(where), f"the grid expands to more than {MAX_NODES} values "
+                                                "(YAML aliases are expanded); write a smaller grid")
+        if depth > MAX_DEPTH:
+            raise GridError(file, _path(where), f"nested deeper than {MAX_DEPTH} levels (a recursive "
+                                                "YAML alias?)")
+        if isinstance(value, dict):
+            stack.extend((v, depth + 1, (where, k)) for k, v in value.items())
+        elif isinstance(value, list):
+            stack.extend((v, depth + 1, (where, i)) for i, v in enumerate(value))
+
+
+def _path(where: Any) -> str:
+    parts = []
+    while where is not None:
+        where, k = where
+        parts.append(f"[{k}]" if isinstance(k, int) else f".{shown_key(k)}")
+    text = "".join(reversed(parts)).lstrip(".") or ROOT
+    return text if len(text) <= 200 else text[:195] + "[...]"
 
 
 def load_grid(path: str | Path) -> Grid:
@@ -100,12 +208,23 @@ def load_grid(path: str | Path) -> Grid:
     path = Path(path)
     file = str(path)
     try:
+        if path.is_dir():
+            raise GridError(file, ROOT, "is a directory; expected a grid YAML file")
+        size = path.stat().st_size
+        if size > MAX_GRID_BYTES:
+            raise GridError(file, ROOT, f"{size} bytes; a grid file holds at most "
+                                        f"{MAX_GRID_BYTES} bytes of YAML")
         source = path.read_bytes()
     except OSError as exc:
         raise GridError(file, ROOT, f"cannot read grid file: {exc.strerror}") from None
     raw = parse_yaml(source, file)
     cells = expand(raw, file)
     s = _settings(raw, file)
+    shards = -(-s["examples"] // s["shard_size"])
+    if len(cells) * shards > MAX_ROWS:
+        raise GridError(file, "shard_size", f"{len(cells)} cells x {shards} shards of {s['shard_size']} "
+                                            f"examples is more than {MAX_ROWS} plan rows; raise "
+                                            "shard_size or narrow the grid")
     return Grid(path=path, raw=raw, source=source, sweep=s["sweep"], examples=s["examples"],
                 batch_size=s["batch_size"], shard_size=s["shard_size"], seeds=s["seeds"],
                 eval_runs=s["eval_runs"], data_seed=s["data_seed"], profile=s["profile"],
@@ -122,40 +241,40 @@ def _settings(raw: dict[str, Any], file: str) -> dict[str, Any]:
     """Validated scalar settings with defaults filled."""
     for key in raw:
         if key not in TOP_KEYS:
-            raise GridError(file, str(key), f"unknown key; allowed: {', '.join(TOP_KEYS)}")
+            raise GridError(file, shown_key(key), f"unknown key; allowed: {', '.join(TOP_KEYS)}")
     for key in REQUIRED_KEYS:
         if key not in raw:
             raise GridError(file, key, f"required key missing; required: {', '.join(REQUIRED_KEYS)}")
     s = {**DEFAULTS, **raw}
     sweep = s["sweep"]
-    if not isinstance(sweep, str) or not _SWEEP_RE.fullmatch(sweep):
-        raise GridError(file, "sweep", f"{sweep!r} is not allowed; expected a name of "
-                                       "letters, digits, '_', '.', '-' (it becomes a directory)")
-    if sweep in (".", ".."):
-        raise GridError(file, "sweep", f"{sweep!r} is not allowed as a directory name")
+    if not is_sweep_name(sweep):
+        raise GridError(file, "sweep", f"{shown(sweep)} is not allowed; expected {SWEEP_RULE}")
     out = {"sweep": sweep, "profile": s.get("profile"), "assets": s.get("assets")}
-    for key in ("examples", "batch_size", "shard_size", "eval_runs"):
-        out[key] = _int(s[key], file, key, low=1)
-    out["data_seed"] = _int(s["data_seed"], file, "data_seed", low=0)
+    for key in ("examples", "batch_size", "shard_size", "eval_runs", "data_seed"):
+        out[key] = _int(s[key], file, key, *LIMITS[key])
     out["seeds"] = _seeds(s["seeds"], file)
     for key in ("profile", "assets"):
-        if out[key] is not None and not (isinstance(out[key], str) and out[key]):
-            raise GridError(file, key, f"{out[key]!r} is not allowed; expected a string")
+        if out[key] is not None and not (isinstance(out[key], str) and out[key]
+                                         and len(out[key]) <= 4096 and "\0" not in out[key]):
+            raise GridError(file, key, f"{shown(out[key])} is not allowed; expected a string")
     return out
 
 
-def _int(value: Any, file: str, key: str, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise GridError(file, key, f"{value!r} is not allowed; expected an integer >= {low}")
+def _int(value: Any, file: str, key: str, low: int, high: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low or (
+            high is not None and value > high):
+        what = f"an integer in [{low}, {high}]" if high is not None else f"an integer >= {low}"
+        raise GridError(file, key, f"{shown(value)} is not allowed; expected {what}")
     return value
 
 
 def _seeds(value: Any, file: str) -> list[int]:
+    low, high = LIMITS["seeds"]
     if not isinstance(value, list):
-        return [_int(value, file, "seeds", low=0)]
+        return [_int(value, file, "seeds", low, high)]
     if not value:
-        raise GridError(file, "seeds", "empty list; expected an integer >= 0 or a list of them")
-    return [_int(v, file, f"seeds[{i}]", low=0) for i, v in enumerate(value)]
+        raise GridError(file, "seeds", f"empty list; expected an integer >= {low} or a list of them")
+    return [_int(v, file, f"seeds[{i}]", low, high) for i, v in enumerate(value)]
 
 
 # ---------------------------------------------------------------- plugin entries
@@ -177,17 +296,17 @@ def _expand_entry(kind: str, entry: Any, file: str, key: str) -> list[dict[str, 
         spec = registry.get(kind, entry, file, key)
         return [{"name": spec.name, "params": spec.resolve({}, file, f"{key}.params")}]
     if not isinstance(entry, dict):
-        raise GridError(file, key, f"{entry!r} is not allowed; expected a {kind} name or a "
+        raise GridError(file, key, f"{shown(entry)} is not allowed; expected a {kind} name or a "
                                    f"mapping with keys: {', '.join(ENTRY_KEYS)}")
     for k in entry:
         if k not in ENTRY_KEYS:
-            raise GridError(file, f"{key}.{k}", f"unknown key; allowed: {', '.join(ENTRY_KEYS)}")
+            raise GridError(file, f"{key}.{shown_key(k)}", f"unknown key; allowed: {', '.join(ENTRY_KEYS)}")
     if "name" not in entry:
         raise GridError(file, f"{key}.name", f"required; allowed: {', '.join(registry.names(kind))}")
     spec = registry.get(kind, entry["name"], file, f"{key}.name")
     params = entry.get("params", {})
     if not isinstance(params, dict):
-        raise GridError(file, f"{key}.params", f"{params!r} is not allowed; expected a mapping "
+        raise GridError(file, f"{key}.params", f"{shown(params)} is not allowed; expected a mapping "
                                                f"of {_allowed_params(spec)}")
     _check_known(spec, params, file, f"{key}.params")
     axes = {p: _param_axis(spec.params[p], v, file, f"{key}.params.{p}") for p, v in params.items()}
@@ -198,7 +317,7 @@ def _expand_entry(kind: str, entry: Any, file: str, key: str) -> list[dict[str, 
         try:  # the cell must hash: JSON has no inf
             canonical_json(resolved)
         except ValueError:
-            raise GridError(file, f"{key}.params", f"{combo!r}: infinite numbers are not "
+            raise GridError(file, f"{key}.params", f"{shown(combo)}: infinite numbers are not "
                                                    f"allowed; expected {_allowed_params(spec)} "
                                                    "with finite values") from None
         variants.append({"name": spec.name, "params": resolved})
@@ -213,7 +332,7 @@ def _check_known(spec: PluginSpec, params: dict[str, Any], file: str, key: str) 
     # Before axis detection, so a misspelt name is reported as such, not as a bad axis.
     for p in params:
         if p not in spec.params:
-            raise GridError(file, f"{key}.{p}", f"unknown parameter of {spec.kind} "
+            raise GridError(file, f"{key}.{shown_key(p)}", f"unknown parameter of {spec.kind} "
                                                 f"{spec.name!r}; allowed: {_allowed_params(spec)}")
 
 
@@ -233,16 +352,16 @@ def _param_axis(param: Param, value: Any, file: str, key: str) -> list[Any]:
 def _zip_groups(zips: Any, axes: list[str], file: str, key: str) -> list[list[str]]:
     """Validated zip groups: lists of axis names, each name in at most one group."""
     if not isinstance(zips, list) or not all(isinstance(g, list) and g for g in zips):
-        raise GridError(file, key, f"{zips!r} is not allowed; expected a list of lists of "
+        raise GridError(file, key, f"{shown(zips)} is not allowed; expected a list of lists of "
                                    f"names from: {', '.join(axes) or '(none)'}")
     seen: set[str] = set()
     for i, group in enumerate(zips):
         for name in group:
-            if name not in axes:
-                raise GridError(file, f"{key}[{i}]", f"{name!r} is not a zippable axis here; "
+            if not isinstance(name, str) or name not in axes:
+                raise GridError(file, f"{key}[{i}]", f"{shown(name)} is not a zippable axis here; "
                                                      f"allowed: {', '.join(axes) or '(none)'}")
             if name in seen:
-                raise GridError(file, f"{key}[{i}]", f"{name!r} appears in more than one zip group")
+                raise GridError(file, f"{key}[{i}]", f"{shown(name)} appears in more than one zip group")
             seen.add(name)
     return zips
 
@@ -265,6 +384,13 @@ def _combine(axes: dict[str, list[Any]], groups: list[list[str]], file: str,
                                                  "equal length")
         factors.append([dict(zip(group, vals)) for vals in zip(*(axes[n] for n in group))])
         placed.update(group)
+    total = 1
+    for f in factors:
+        total *= len(f)
+    if total > MAX_CELLS:
+        raise GridError(file, key.rsplit(".", 1)[0] if "." in key else ROOT,
+                        f"the axes cross to {total} combinations; at most {MAX_CELLS} cells are "
+                        "allowed in one grid (zip axes or split the sweep)")
     return [{k: v for part in combo for k, v in part.items()}
             for combo in itertools.product(*factors)]
 
@@ -288,7 +414,19 @@ def expand(raw: dict[str, Any], file: str) -> list[dict[str, Any]]:
     cells = [_cell(combo, s) for combo in _combine(axes, groups, file, "zip")]
     cells = _dedupe(_apply_excludes(cells, raw.get("exclude", []), axes, file))
     catalog.check_cells(cells, file)
+    _check_examples(cells, s["examples"], file)
     return cells
+
+
+def _check_examples(cells: list[dict[str, Any]], examples: int, file: str) -> None:
+    """`examples` fits in the test split of every data set the grid names (its `size` hook)."""
+    for cell in cells:
+        ds = cell["dataset"]
+        size = registry.get("dataset", ds["name"]).size(ds["params"])
+        if size is not None and examples > size:
+            raise GridError(file, "examples", f"{examples} is more than dataset {ds['name']!r} holds: "
+                                              f"its test split has {size} examples; expected an "
+                                              f"integer in [1, {size}]")
 
 
 def _cell(combo: dict[str, Any], s: dict[str, Any]) -> dict[str, Any]:
@@ -325,7 +463,7 @@ def flatten(cell: dict[str, Any]) -> dict[str, Any]:
 def _apply_excludes(cells: list[dict[str, Any]], rules: Any, axes: dict[str, list[Any]],
                     file: str) -> list[dict[str, Any]]:
     if not isinstance(rules, list):
-        raise GridError(file, "exclude", f"{rules!r} is not allowed; expected a list of mappings "
+        raise GridError(file, "exclude", f"{shown(rules)} is not allowed; expected a list of mappings "
                                          "from dotted paths to values")
     flats = [flatten(c) for c in cells]
     known = sorted({p for f in flats for p in f})
@@ -346,12 +484,12 @@ def _check_rule(rule: Any, i: int, known: list[str], axes: dict[str, list[Any]],
     the values it matches (a list of values matches any of them)."""
     key = f"exclude[{i}]"
     if not isinstance(rule, dict) or not rule:
-        raise GridError(file, key, f"{rule!r} is not allowed; expected a mapping from dotted "
+        raise GridError(file, key, f"{shown(rule)} is not allowed; expected a mapping from dotted "
                                    f"paths to values; paths: {', '.join(known)}")
     out = {}
     for path, value in rule.items():
         if path not in known:
-            raise GridError(file, f"{key}.{path}", f"no cell has this path; allowed: "
+            raise GridError(file, f"{key}.{shown_key(path)}", f"no cell has this path; allowed: "
                                                    f"{', '.join(known)}")
         alternatives = value if isinstance(value, list) and not _takes_list(path, axes) else [value]
         if isinstance(value, list) and _takes_list(path, axes) and value and all(
@@ -378,7 +516,7 @@ def _exclude_value(path: str, value: Any, axes: dict[str, list[Any]], file: str,
     # A value that can never match is a typo: check it like the parameter it names.
     parts = path.split(".")
     if parts[0] not in KINDS:
-        return _int(value, file, key, low=0)
+        return _int(value, file, key, *LIMITS["seeds" if parts[0] == "seed" else parts[0]])
     kind = parts[0]
     if parts[1] == "name":
         return registry.get(kind, value, file, key).name

@@ -14,6 +14,7 @@ iterable of them. Asset references are checked by a validator the catalogue inst
 from __future__ import annotations
 
 import importlib
+import math
 import pkgutil
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
@@ -25,6 +26,48 @@ KINDS = ("dataset", "classifier", "purifier", "attack")
 REQUIRED = object()
 
 _TYPES = ("int", "float", "number", "bool", "str", "list[number]", "list[str]")
+INT64_MIN, INT64_MAX = -(2 ** 63), 2 ** 63 - 1  # what a plan's and a result's integer columns hold
+SHOWN_CHARS = 80
+MAX_LIST = 10_000  # elements of one list-typed value (a schedule)
+
+
+def shown(value: Any, limit: int = SHOWN_CHARS) -> str:
+    """A user value for an error message: its repr, cut to `limit` characters.
+
+    Every message that echoes a grid value goes through here, so a huge or deeply shared
+    value (a YAML alias bomb) can never make a huge message. Never raises."""
+    try:
+        if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 200:
+            return f"<an integer of {value.bit_length()} bits>"
+        if isinstance(value, (list, tuple, dict, set)) and _too_big(value, 2 * limit):
+            text = f"<a {type(value).__name__} of {len(value)} entries>"
+        else:
+            text = repr(value)
+    except Exception:  # noqa: BLE001 - a message must never fail
+        text = f"<a {type(value).__name__}>"
+    return text if len(text) <= limit else text[:limit - 5] + "[...]"
+
+
+def shown_key(key: Any, limit: int = 40) -> str:
+    """A user-written mapping key inside a key path, cut to `limit` characters."""
+    text = key if isinstance(key, str) else shown(key, limit)
+    return text if len(text) <= limit else text[:limit - 5] + "[...]"
+
+
+def _too_big(value: Any, budget: int) -> bool:
+    """True when a container has more than `budget` nodes (counted with a budget: cheap on bombs)."""
+    stack, seen = [value], 0
+    while stack:
+        v = stack.pop()
+        seen += 1
+        if seen > budget:
+            return True
+        if isinstance(v, dict):
+            stack.extend(v.keys())
+            stack.extend(v.values())
+        elif isinstance(v, (list, tuple, set)):
+            stack.extend(v)
+    return False
 
 #: Capabilities some code reads, and where. A plugin declaring another one is refused.
 CAPABILITIES: dict[str, str] = {
@@ -68,6 +111,9 @@ class Param:
     asset: str | None = None
     # A further check of one value (a scalar, or each element of a list): the problem, or None.
     check_value: Callable[[Any], str | None] | None = None
+    # A length in pixels (a patch side, a stride): at most the data set's image side, checked
+    # per cell through the data set plugin's `image_side` hook (harness.catalog.check_cells).
+    pixels: bool = False
 
     def __post_init__(self) -> None:
         if self.type not in _TYPES:
@@ -98,15 +144,19 @@ class Param:
 
     def check(self, value: Any, file: str, key: str) -> Any:
         """Return the normalised value or raise GridError naming file and key."""
-        bad = GridError(file, key, f"{value!r} is not allowed; expected {self.allowed()}")
+        bad = GridError(file, key, f"{shown(value)} is not allowed; expected {self.allowed()}")
         if self.is_list:
             if not isinstance(value, list) or not value:
                 raise bad
+            if len(value) > MAX_LIST:
+                raise GridError(file, key, f"a list of {len(value)} values is not allowed; expected "
+                                           f"at most {MAX_LIST}, each {self.allowed()}")
             out = [self._scalar(self.type[5:-1], v, bad) for v in value]
             for v in out:
                 problem = self.check_value(v) if self.check_value is not None else None
                 if problem:
-                    raise GridError(file, key, f"{value!r} is not allowed: {v!r}: {problem}")
+                    raise GridError(file, key, f"{shown(value)} is not allowed: {shown(v)}: "
+                                               f"{shown(problem, 200)}")
             return out
         value = self._scalar(self.type, value, bad)
         if self.asset and _asset_validator is not None:
@@ -114,7 +164,7 @@ class Param:
         if self.check_value is not None:
             problem = self.check_value(value)
             if problem:
-                raise GridError(file, key, f"{value!r} is not allowed: {problem}")
+                raise GridError(file, key, f"{shown(value)} is not allowed: {shown(problem, 200)}")
         return value
 
     def _scalar(self, typ: str, value: Any, bad: GridError) -> Any:
@@ -125,14 +175,16 @@ class Param:
             if not isinstance(value, str):
                 raise bad
         elif typ == "int":
-            if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, bool) or not isinstance(value, int) or not INT64_MIN <= value <= INT64_MAX:
                 raise bad
         elif typ in ("float", "number"):
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise bad
+            if isinstance(value, int) and not INT64_MIN <= value <= INT64_MAX:
+                raise bad
             if typ == "float":
                 value = float(value)
-            if value != value:  # NaN
+            if not math.isfinite(value):  # NaN, inf: nothing runs on them, JSON cannot hash them
                 raise bad
         if self.choices is not None and value not in self.choices and not (
                 self.asset and isinstance(value, str) and value):
@@ -164,7 +216,9 @@ class PluginSpec:
       defence (default: capability needs_gradients and `gradient` not "greybox");
       `strength(params)` -> {name: value} whose increase makes the attack stronger (steps,
       EOT, queries), for the not-converged check.
-    - dataset: `image_side(params)` -> the side of the images it gives, None if unknown.
+    - dataset: `image_side(params)` -> the side of the images it gives, None if unknown;
+      `size(params)` -> the number of examples its test split holds (the most a grid's
+      `examples` may ask for), None if unknown.
     """
 
     kind: str
@@ -183,6 +237,7 @@ class PluginSpec:
     white_box: Callable[[dict[str, Any]], bool] | None = None
     strength: Callable[[dict[str, Any]], dict[str, int]] = lambda p: {}
     image_side: Callable[[dict[str, Any]], int | None] = lambda p: None
+    size: Callable[[dict[str, Any]], int | None] = lambda p: None
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -202,10 +257,10 @@ class PluginSpec:
     def resolve(self, params: dict[str, Any] | None, file: str, key: str) -> dict[str, Any]:
         """Validate given parameters and fill defaults; unknown or missing keys are errors."""
         params = dict(params or {})
-        unknown = sorted(set(params) - set(self.params))
+        unknown = sorted(set(params) - set(self.params), key=str)
         if unknown:
             allowed = ", ".join(sorted(self.params)) or "(none)"
-            raise GridError(file, f"{key}.{unknown[0]}",
+            raise GridError(file, f"{key}.{shown_key(unknown[0])}",
                             f"unknown parameter of {self.kind} {self.name!r}; allowed: {allowed}")
         out: dict[str, Any] = {}
         for pname, p in self.params.items():
@@ -289,7 +344,7 @@ def get(kind: str, name: Any, file: str = "<grid>", key: str = "") -> PluginSpec
     load_plugins()
     key = key or f"{kind}.name"
     if not isinstance(name, str) or name not in _REGISTRY[kind]:
-        raise GridError(file, key, f"unknown {kind} {name!r}; allowed: {', '.join(names(kind))}")
+        raise GridError(file, key, f"unknown {kind} {shown(name)}; allowed: {', '.join(names(kind))}")
     return _REGISTRY[kind][name]
 
 

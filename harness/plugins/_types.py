@@ -13,22 +13,27 @@ from ..registry import Param
 
 def diffusion_time(default: Any, help: str) -> Param:
     """A diffusion time: an integer step in [1, T] or a fraction of T in (0, 1)."""
-    return Param("number", default, low=0.0, help=help, check_value=difftime.problem)
+    return Param("number", default, low=0.0, high=float(difftime.T), help=help, check_value=difftime.problem)
 
 
 def diffusion_times(help: str) -> Param:
     """A flat list of diffusion times (a list of lists is then a grid axis)."""
-    return Param("list[number]", low=0.0, help=help, check_value=difftime.problem)
+    return Param("list[number]", low=0.0, high=float(difftime.T), help=help, check_value=difftime.problem)
 
 
-def step_count(default: Any, help: str, low: int = 0, high: int | None = None) -> Param:
+MAX_STEPS = 1_000_000  # iterations of any loop a worker runs
+MAX_EOT = 10_000  # purifications averaged per gradient (each is a copy of the batch in memory)
+MAX_EPS = 1e6  # an Lp budget (or a step size) on [0, 1] images: anything above is "unbounded"
+
+
+def step_count(default: Any, help: str, low: int = 0, high: int = MAX_STEPS) -> Param:
     return Param("int", default, low=low, high=high, help=help)
 
 
 #: An Lp budget on [0, 1] images: `norm` and `eps`.
 LP_BUDGET = {
     "norm": Param("str", "linf", choices=("linf", "l2"), help="threat model"),
-    "eps": Param("float", low=0.0, help="budget on [0,1] images"),
+    "eps": Param("float", low=0.0, high=MAX_EPS, help="budget on [0,1] images"),
 }
 
 
@@ -55,12 +60,15 @@ DENOISER = Param("str", "digits-ddpm", choices=("digits-ddpm",), asset="denoiser
 # ---------------------------------------------------------------- purifiers
 SAMPLER = {
     "sampler": Param("str", "ddpm", choices=("ddpm", "ddim"), help="reverse sampler"),
-    "steps": step_count(0, "reverse steps per round (respacing); 0 = every step"),
+    "steps": step_count(0, "reverse steps per round (respacing); 0 = every step", high=difftime.T),
 }
 TUCKER = {
-    "tucker_patch": Param("int", 4, low=1, help="patch side"),
-    "tucker_stride": Param("int", 2, low=1, help="patch stride"),
-    "tucker_rank": Param("float", 0.5, low=0.0, help="cross-patch rank: >= 1 absolute, < 1 fraction"),
+    "tucker_patch": Param("int", 4, low=1, high=64, pixels=True,
+                          help="patch side (at most the image side)"),
+    "tucker_stride": Param("int", 2, low=1, high=64, pixels=True,
+                           help="patch stride (at most the image side)"),
+    "tucker_rank": Param("float", 0.5, low=0.0, high=1e6,
+                         help="cross-patch rank: >= 1 absolute, < 1 fraction"),
     "tucker_per": Param("str", "image", choices=("image", "batch"), help="one decomposition per image or per batch"),
 }
 TUCKER_PLACES = ("none", "pre", "noisy", "every_loop")
@@ -88,8 +96,8 @@ def rounds_nfe(params: dict[str, Any], rounds: list[Any]) -> int:
 # ---------------------------------------------------------------- attacks
 PGD_LOOP = {  # PGD's projected-ascent loop, shared by every attack that runs it
     "steps": step_count(20, "iterations"),
-    "step_size": Param("float", low=0.0, help="step size (Linf: per-pixel; L2: norm)"),
-    "eot": step_count(1, "purifications averaged per gradient (EOT)", low=1),
+    "step_size": Param("float", low=0.0, high=MAX_EPS, help="step size (Linf: per-pixel; L2: norm)"),
+    "eot": step_count(1, "purifications averaged per gradient (EOT)", low=1, high=MAX_EOT),
     "random_start": Param("bool", True, help="start from a random point in the ball"),
 }
 GRADIENT = Param("str", "exact", choices=("exact", "greybox"),

@@ -11,6 +11,7 @@ SPECS = (PluginSpec(
     "dataset", "imagenet", "harness.data.imagenet:load",
     params={"root": DATASET_ROOT, "size": SIZE},
     image_side=lambda p: int(p["size"]),
+    size=lambda p: 50_000,  # the ILSVRC-2012 validation set (the catalogue's image count)
     help="ImageNet validation set: <root>/val/<wnid>/*.JPEG, or <root>/val/*.JPEG with "
          "<root>/labels.txt; decoded per batch",
 ),)

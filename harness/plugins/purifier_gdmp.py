@@ -14,7 +14,7 @@ SPECS = (PluginSpec(
         **SAMPLER,
         "guidance": Param("str", "mse", choices=("mse", "ssim"),
                           help="distance whose gradient pulls each reverse step toward the input"),
-        "guidance_scale": Param("float", 1.0, low=0.0,
+        "guidance_scale": Param("float", 1.0, low=0.0, high=1e6,
                                 help="s in x_{t-1} mean − s·β·∇d(x_t, sqrt(ᾱ_t)·x_in), d summed over "
                                      "pixels; 1.0 pulls a round's mean ~20% toward the input at "
                                      "t_s=0.1 (mse); 0 = unguided"),
