@@ -27,7 +27,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from harness.errors import UsageError
 
@@ -92,14 +91,21 @@ def load_results(path: str | os.PathLike[str]) -> pd.DataFrame:
     files = find_part_files(path)
     if not files:
         raise ResultsError(f"no result files under {path}")
+    from harness.results import read_part
+
     tables: list[pa.Table] = []
+    bad: list[str] = []
     for f in files:
-        # ParquetFile reads the file alone; read_table() would add hive columns from the path.
-        table = pq.ParquetFile(f).read()
-        missing = [c for c in REQUIRED_COLUMNS if c not in table.column_names]
-        if missing:
-            raise ResultsError(f"{f}: missing result column(s) {', '.join(missing)}")
-        tables.append(table)
+        table, check = read_part(f, required=REQUIRED_COLUMNS)
+        if table is None or not check.ok:
+            bad.append(f"{f}: {check.reason}")
+        else:
+            tables.append(table)
+    bad += _marker_problems(files, path)
+    if bad:
+        raise ResultsError(f"{len(bad)} bad result file(s) under {path} (`harness run` or `harness submit "
+                           "--resume` moves them to <shard>/_bad/ and computes their rows again):\n  "
+                           + "\n  ".join(bad))
     tables = _with_cell_columns(tables, files)
     # permissive: older writers may lack optional columns or use narrower integer types.
     df = pa.concat_tables(tables, promote_options="permissive").to_pandas()
@@ -111,6 +117,35 @@ def load_results(path: str | os.PathLike[str]) -> pd.DataFrame:
     _check_duplicates(df)
     _check_cells(df)
     return df
+
+
+def _marker_problems(files: list[Path], path: str | os.PathLike[str]) -> list[str]:
+    """Shard completion markers (``_COMPLETE.json``) under ``path`` that list a part file which
+    is gone: rows the marker vouches for are missing."""
+    from harness.results import COMPLETE
+
+    root = Path(path)
+    dirs = {f.parent for f in files}
+    if root.is_dir():
+        dirs |= {m.parent for m in root.rglob(COMPLETE)
+                 if not any(_ignored(p) for p in m.relative_to(root).parts[:-1])}
+    out = []
+    for d in sorted(dirs):
+        marker = d / COMPLETE
+        if not marker.is_file():
+            continue
+        try:
+            doc = json.loads(marker.read_text())
+        except (OSError, ValueError) as exc:
+            out.append(f"{marker}: unreadable completion marker ({exc})")
+            continue
+        parts = doc.get("parts") if isinstance(doc, dict) else None
+        for p in parts if isinstance(parts, list) else []:
+            name = p.get("name", "?") if isinstance(p, dict) else "?"
+            f = d / name
+            if not f.is_file():  # (a rewritten part is judged by its own check, not its size)
+                out.append(f"{marker}: lists {name}, which is missing")
+    return out
 
 
 # ---------------------------------------------------------------- per-cell columns

@@ -140,20 +140,27 @@ def write_plan(grid: Grid, jobs_dir: str | Path = "jobs", overwrite: bool = Fals
     examples) replace it, since results are keyed by cell hash and example index. Other
     cells under the same sweep name are refused unless overwrite=True.
     """
+    from .fsutil import file_lock, remove_temporaries
+
     df = make_plan(grid, assets)
     data = _parquet_bytes(df)
     out = Path(jobs_dir) / grid.sweep
     plan_path, grid_path = out / "plan.parquet", out / "grid.yaml"
-    if plan_path.exists():
-        if not overwrite and _existing_cells(plan_path) != set(df["cell"]):
-            raise UsageError(f"{plan_path}: sweep name {grid.sweep!r} is taken by a different "
-                             "grid; choose another `sweep:` name or pass overwrite=True")
-        if (plan_path.read_bytes() == data and grid_path.is_file()
-                and grid_path.read_bytes() == grid.source):
-            return plan_path
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write(grid_path, grid.source)  # the plan last: its presence marks a complete write
-    atomic_write(plan_path, data)
+    # Every writer of the plan holds this lock (beside the sweep's directory, which holds only
+    # the plan and grid), so under it any temporary of theirs is a killed `harness plan`'s.
+    with file_lock(out.parent / f".{grid.sweep}.plan.lock") as state:
+        if state == "held":
+            remove_temporaries(out, plan_path.name, grid_path.name)
+        if plan_path.exists():
+            if not overwrite and _existing_cells(plan_path) != set(df["cell"]):
+                raise UsageError(f"{plan_path}: sweep name {grid.sweep!r} is taken by a different "
+                                 "grid; choose another `sweep:` name or pass overwrite=True")
+            if (plan_path.read_bytes() == data and grid_path.is_file()
+                    and grid_path.read_bytes() == grid.source):
+                return plan_path
+        atomic_write(grid_path, grid.source)  # the plan last: its presence marks a complete write
+        atomic_write(plan_path, data)
     return plan_path
 
 

@@ -17,17 +17,21 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import subprocess
+import sys
 import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable, Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .errors import UsageError
-from .fsutil import atomic_write
+from .fsutil import atomic_write, file_lock, lock_holder
 
 #: clean_pred / adv_pred of an example whose logits held a NaN or an infinity: never a class.
 NONFINITE_PRED = -1
@@ -142,25 +146,318 @@ def part_path(directory: Path, rank: int, first_example: int) -> Path:
     return directory / f"rank-{rank}-part-{first_example:07d}.parquet"
 
 
-def done_examples(directory: Path) -> set[int]:
-    """Examples that already have their rows in this shard (finished files only)."""
+# ---------------------------------------------------------------- validating parts
+
+#: A shard's completion marker: the part files it covers, written once when every example is there.
+COMPLETE = "_COMPLETE.json"
+#: Where bad part files and untrusted markers are moved (beside the parts; ignored by readers).
+BAD_DIR = "_bad"
+#: Lock files in a shard directory: one per rank (held while it computes its slice) and one
+#: for the shard's short critical sections (moving bad files aside, writing the marker).
+SHARD_LOCK = ".lock-shard"
+#: check_marker's verdict on a marker of an older writer (no part list): not trusted, not damage.
+OLDER_MARKER = "lists no part files (an older marker)"
+_PART_RE = re.compile(r"^rank-(\d+)-part-(\d+)\.parquet$")
+
+
+def _kind(t: pa.DataType) -> str:
+    """Coarse column type: what a reader relies on (older writers used narrower integers)."""
+    if pa.types.is_dictionary(t):
+        return _kind(t.value_type)
+    if pa.types.is_integer(t):
+        return "int"
+    if pa.types.is_floating(t):
+        return "float"
+    if pa.types.is_string(t) or pa.types.is_large_string(t):
+        return "string"
+    if pa.types.is_boolean(t):
+        return "bool"
+    if pa.types.is_list(t) or pa.types.is_large_list(t):
+        return f"list<{_kind(t.value_type)}>"
+    return str(t)
+
+
+@dataclass(frozen=True)
+class PartCheck:
+    """What :func:`check_part` found: ``reason`` None for a valid part, else why not and a
+    short ``tag`` (the suffix the file gets under _bad/)."""
+
+    path: Path
+    reason: str | None = None
+    tag: str = ""
+    examples: frozenset[int] = frozenset()
+    rows: int = 0
+    size: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return self.reason is None
+
+
+def read_part(path: str | os.PathLike[str], required: Iterable[str] | None = None,
+              eval_runs: int | None = None, fields: list[tuple[str, str]] | None = None,
+              ) -> tuple[pa.Table | None, PartCheck]:
+    """Read and validate one part file: (its table or None, the verdict).
+
+    Valid means: it reads; it has the ``required`` columns (default: every column of SCHEMA);
+    each column of SCHEMA (and of ``fields``, the plan's parameter columns) it has is of the
+    written type (any integer width for an integer, as older writers used); and, for a file of
+    this writer (every SCHEMA column present) or when ``eval_runs`` is given, it holds exactly
+    its examples × eval runs: each (example, eval_run) once, eval_run in 0..eval_runs-1, one
+    eval_runs value, and the first example the one its name says."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        return None, PartCheck(path, f"missing ({exc.strerror})", "missing")
+    if size == 0:
+        return None, PartCheck(path, "zero bytes", "empty", size=size)
+    try:
+        # ParquetFile reads the file alone; read_table() would add hive columns from the path.
+        table = pq.ParquetFile(path).read()
+    except Exception as exc:  # noqa: BLE001 (pyarrow raises ArrowInvalid, OSError, ...)
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return None, PartCheck(path, f"unreadable ({msg})", "unreadable", size=size)
+    bad = lambda reason, tag: (None, PartCheck(path, reason, tag, size=size, rows=table.num_rows))  # noqa: E731
+    names = set(table.column_names)
+    required = SCHEMA.names if required is None else list(required)
+    missing = [c for c in required if c not in names]
+    if missing:
+        return bad(f"missing result column(s) {', '.join(missing)}", "schema")
+    want = {f.name: f.type for f in SCHEMA}
+    want.update({n: ARROW_TYPES[t] for n, t in fields or [] if t in ARROW_TYPES})
+    for f in table.schema:
+        if f.name in want and _kind(f.type) != _kind(want[f.name]):
+            return bad(f"column {f.name!r} is {f.type}, not {want[f.name]}", "schema")
+    if eval_runs is None and not set(SCHEMA.names) <= names:
+        # an older writer's file (hand-written, or rows split over parts): no row invariant
+        return table, PartCheck(path, size=size, rows=table.num_rows,
+                                examples=frozenset(table.column("example").to_pylist()
+                                                   if "example" in names else ()))
+    ex = table.column("example").to_pylist()
+    runs = table.column("eval_run").to_pylist()
+    declared = set(table.column("eval_runs").to_pylist()) if "eval_runs" in names else set()
+    if table.num_rows == 0:
+        return bad("no rows", "rows")
+    if None in ex or None in runs or None in declared or len(declared) > 1:
+        return bad("null example/eval_run or several eval_runs values", "rows")
+    n_runs = eval_runs if eval_runs is not None else int(next(iter(declared)))
+    if declared and int(next(iter(declared))) != n_runs:
+        return bad(f"eval_runs is {next(iter(declared))}, the plan says {n_runs}", "rows")
+    keys = list(zip(ex, runs))
+    if len(set(keys)) != len(keys):
+        return bad(f"{len(keys) - len(set(keys))} duplicated (example, eval_run) row(s)", "duplicate-rows")
+    outside = [k for k in keys if not 0 <= k[1] < n_runs]
+    if outside:
+        return bad(f"eval_run {outside[0][1]} outside 0..{n_runs - 1}", "rows")
+    examples = sorted(set(ex))
+    if len(keys) != len(examples) * n_runs:
+        have = set(keys)
+        gap = next((e, r) for e in examples for r in range(n_runs) if (e, r) not in have)
+        return bad(f"{len(examples) * n_runs - len(keys)} of {len(examples) * n_runs} rows missing "
+                   f"(examples × eval_runs), e.g. example {gap[0]} eval_run {gap[1]}", "missing-rows")
+    m = _PART_RE.match(path.name)
+    if m and int(m.group(2)) != examples[0]:
+        return bad(f"first example is {examples[0]}, its name says {int(m.group(2))}", "missing-rows")
+    return table, PartCheck(path, examples=frozenset(examples), rows=table.num_rows, size=size)
+
+
+def check_part(path: str | os.PathLike[str], required: Iterable[str] | None = None,
+               eval_runs: int | None = None, fields: list[tuple[str, str]] | None = None) -> PartCheck:
+    """The verdict of :func:`read_part` alone: why a part file is not valid, or ok."""
+    return read_part(path, required, eval_runs, fields)[1]
+
+
+@dataclass
+class ShardScan:
+    """The part files of one shard directory: valid ones, bad ones (moved aside if asked)."""
+
+    directory: Path
+    good: list[PartCheck] = field(default_factory=list)
+    bad: list[PartCheck] = field(default_factory=list)
+    moved: list[Path] = field(default_factory=list)
+
+    @property
+    def done(self) -> set[int]:
+        return {e for c in self.good for e in c.examples}
+
+
+def _scan(directory: Path, eval_runs: int | None, fields: list[tuple[str, str]] | None) -> ShardScan:
+    scan = ShardScan(directory)
+    seen: dict[int, str] = {}
+    for f in sorted(directory.glob("rank-*-part-*.parquet")):
+        c = check_part(f, eval_runs=eval_runs, fields=fields)
+        if c.ok:
+            clash = sorted(e for e in c.examples if e in seen)
+            if clash:  # two valid parts with the same rows: keep the first, the second is extra
+                c = PartCheck(f, f"example(s) {clash[:5]} also in {seen[clash[0]]}", "overlap",
+                              rows=c.rows, size=c.size)
+            else:
+                seen.update({e: f.name for e in c.examples})
+        (scan.good if c.ok else scan.bad).append(c)
+    return scan
+
+
+def move_aside(path: Path, tag: str) -> Path | None:
+    """Move a bad file to <its directory>/_bad/<name>.<tag> (never deleted: evidence); a name
+    already taken gets .1, .2, ...; None if the file is gone (another process moved it)."""
+    bad_dir = path.parent / BAD_DIR
+    bad_dir.mkdir(exist_ok=True)
+    for i in range(1000):
+        dest = bad_dir / (f"{path.name}.{tag}" + (f".{i}" if i else ""))
+        try:
+            os.link(path, dest)  # fails if dest exists: no evidence is overwritten
+        except FileExistsError:
+            continue
+        except FileNotFoundError:
+            return None
+        except OSError:  # no hard links here
+            if dest.exists():
+                continue
+            try:
+                os.replace(path, dest)
+            except FileNotFoundError:
+                return None
+            return dest
+        path.unlink(missing_ok=True)
+        return dest
+    raise OSError(f"{bad_dir}: too many copies of {path.name}")
+
+
+def scan_shard(directory: str | os.PathLike[str], eval_runs: int | None = None,
+               fields: list[tuple[str, str]] | None = None, repair: bool = False) -> ShardScan:
+    """Validate every part file of a shard directory (:func:`check_part`).
+
+    ``repair``: move each bad one aside to _bad/ (under the shard lock, re-checked there, so a
+    part that another process has just replaced is never taken); its examples are then missing
+    and the next run computes them again."""
+    directory = Path(directory)
     if not directory.is_dir():
-        return set()
-    done: set[int] = set()
-    for f in directory.glob("rank-*-part-*.parquet"):
-        done.update(pq.read_table(f, columns=["example"]).column("example").to_pylist())
-    return done
+        return ShardScan(directory)
+    scan = _scan(directory, eval_runs, fields)
+    if repair and scan.bad:
+        with file_lock(directory / SHARD_LOCK) as state:
+            scan = _scan(directory, eval_runs, fields)
+            for c in scan.bad:
+                dest = move_aside(c.path, c.tag) if state != "busy" else None
+                if dest:
+                    scan.moved.append(dest)
+                    print(f"harness: {c.path}: {c.reason}; moved to {dest} and its examples "
+                          "will be computed again", file=sys.stderr)
+    return scan
+
+
+def done_examples(directory: Path, eval_runs: int | None = None, repair: bool = False) -> set[int]:
+    """Examples that have all their rows in a valid part file of this shard (finished files only)."""
+    return scan_shard(directory, eval_runs, repair=repair).done
+
+
+# ---------------------------------------------------------------- the completion marker
+
+def check_marker(directory: str | os.PathLike[str], start: int, stop: int,
+                 scan: ShardScan | None = None, eval_runs: int | None = None) -> str | None:
+    """Why the shard's _COMPLETE.json is not to be trusted ("absent" if there is none), or None:
+    it lists its part files (name, rows, size), each is there with that size and valid, and
+    together they hold every example start..stop-1."""
+    directory = Path(directory)
+    try:
+        doc = json.loads((directory / COMPLETE).read_text())
+    except FileNotFoundError:
+        return "absent"
+    except (OSError, ValueError) as exc:
+        return f"unreadable ({exc})"
+    parts = doc.get("parts") if isinstance(doc, dict) else None
+    if not isinstance(parts, list):
+        return OLDER_MARKER
+    scan = scan if scan is not None else scan_shard(directory, eval_runs)
+    good = {c.path.name: c for c in scan.good}
+    covered: set[int] = set()
+    for p in parts:
+        name = p.get("name", "?") if isinstance(p, dict) else "?"
+        if not (directory / name).is_file():
+            return f"lists {name}, which is missing"
+        c = good.get(name)
+        if c is None:
+            return f"lists {name}, which is not valid"
+        if p.get("rows") != c.rows or p.get("size", c.size) != c.size:
+            return f"lists {name} with {p.get('rows')} rows / {p.get('size')} bytes, not {c.rows} / {c.size}"
+        covered |= c.examples
+    lacking = set(range(start, stop)) - covered
+    if lacking:
+        return f"its parts lack {len(lacking)} example(s), e.g. {min(lacking)}"
+    return None
+
+
+def write_marker(directory: Path, start: int, stop: int, info: dict[str, Any],
+                 eval_runs: int | None = None) -> tuple[bool, str]:
+    """Write the shard's _COMPLETE.json if every example start..stop-1 is in a valid part and no
+    trusted marker is there: (written by this call, why not). Any number of ranks and processes
+    may call it at once, with or without a communicator: under the shard lock, and linked into
+    place (fails if present), exactly one writes it. An untrusted marker is moved to _bad/."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return False, "no results"
+    with file_lock(directory / SHARD_LOCK) as state:
+        if state == "held":  # every marker writer holds this lock: any temporary is a dead one's
+            for f in directory.glob(f".{COMPLETE}.*.tmp"):
+                f.unlink(missing_ok=True)
+        scan = scan_shard(directory, eval_runs)
+        why = check_marker(directory, start, stop, scan)
+        if why is None:
+            return False, "already marked"
+        lacking = set(range(start, stop)) - scan.done
+        if lacking:
+            return False, f"{len(lacking)} example(s) not there yet"
+        if why != "absent":
+            if state != "held":
+                return False, f"untrusted marker ({why}) and no lock to replace it"
+            dest = move_aside(directory / COMPLETE, "older" if why == OLDER_MARKER else "untrusted")
+            print(f"harness: {directory / COMPLETE}: not trusted ({why}); moved to {dest}", file=sys.stderr)
+        parts = [{"name": c.path.name, "rows": c.rows, "size": c.size}
+                 for c in sorted(scan.good, key=lambda c: c.path.name) if c.examples & set(range(start, stop))]
+        doc = {**info, "examples": stop - start, "rows": sum(p["rows"] for p in parts), "parts": parts}
+        tmp = directory / f".{COMPLETE}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"
+        try:
+            with open(tmp, "w") as f:
+                f.write(json.dumps(doc, sort_keys=True) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+            try:
+                os.link(tmp, directory / COMPLETE)
+            except FileExistsError:
+                return False, "another process marked it"
+            except OSError:  # no hard links: O_EXCL-free rename, safe under the lock
+                if state != "held" or (directory / COMPLETE).exists():
+                    return False, "another process marked it"
+                os.replace(tmp, directory / COMPLETE)
+        finally:
+            tmp.unlink(missing_ok=True)
+    return True, "written"
+
+
+# ---------------------------------------------------------------- temporaries
+
+@contextmanager
+def rank_lock(directory: Path, rank: int, wait: bool = False) -> Iterator[str]:
+    """The lock a rank holds while it computes its slice of a shard (see fsutil.file_lock):
+    a second process on the same (shard, rank) gets "busy" (or waits, ``wait=True``)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    with file_lock(directory / f".lock-rank-{rank}", wait=wait) as state:
+        yield state
+
+
+def rank_lock_holder(directory: Path, rank: int) -> str:
+    return lock_holder(directory / f".lock-rank-{rank}")
 
 
 def remove_stale_temporaries(directory: Path, rank: int) -> int:
-    """Delete this rank's temporaries left by a killed writer (only this rank writes them):
-    its part files, its copy of the cell's _cell.json and telemetry, and for rank 0 the shard's
-    completion marker."""
+    """Delete this rank's temporaries left by a killed writer: its part files, its copy of the
+    cell's _cell.json and its telemetry. Call only while holding :func:`rank_lock` for this
+    rank: every writer of those names holds it, so none is a live process's (the marker's
+    temporaries are cleared under the shard lock, by :func:`write_marker`)."""
     if not directory.is_dir():
         return 0
     patterns = [f".rank-{rank}-part-*.tmp", f".rank-{rank}-{CELL_FILE}.*.tmp", f"._telemetry-rank-{rank}-*.tmp"]
-    if rank == 0:
-        patterns.append("._COMPLETE.json.*.tmp")
     stale = [f for p in patterns for f in directory.glob(p)]
     for f in stale:
         f.unlink(missing_ok=True)

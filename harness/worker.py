@@ -7,6 +7,7 @@ or after a kill, completes it without duplicating a row.
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -15,8 +16,9 @@ import numpy as np
 
 from . import registry
 from .catalog import assets_dir, is_ref, needs, resolve_params, stage_record
-from .results import (cell_file_bytes, done_examples, param_fields, param_values, part_path, provenance,
-                      remove_stale_temporaries, row_schema, shard_dir, write_cell_file, write_part)
+from .results import (cell_file_bytes, param_fields, param_values, part_path, provenance, rank_lock,
+                      rank_lock_holder, remove_stale_temporaries, row_schema, scan_shard, shard_dir,
+                      write_cell_file, write_part)
 
 
 @dataclass
@@ -78,24 +80,52 @@ def _threat(attack: dict[str, Any]) -> tuple[str, float]:
     return str(norm), float(eps)
 
 
+def plan_fields(plan_row: dict[str, Any]) -> list[tuple[str, str]]:
+    """The sweep's parameter columns as the plan says (an older plan: this cell's own)."""
+    if plan_row.get("param_columns"):
+        return [tuple(f) for f in json.loads(plan_row["param_columns"])]  # type: ignore[misc]
+    return param_fields([json.loads(plan_row["cell_json"])])
+
+
 def pending(plan_row: dict[str, Any], results_dir: Path, rank: int = 0, world: int = 1) -> list[int]:
-    """This rank's examples of the row that have no rows yet (disjoint across ranks)."""
-    done = done_examples(shard_dir(results_dir, plan_row["sweep"], plan_row["cell"], plan_row["shard"]))
+    """This rank's examples of the row that have no valid rows yet (disjoint across ranks).
+
+    A part file that does not read, lacks a column or has the wrong type, or does not hold
+    exactly its examples × eval runs counts for nothing and is moved to the shard's _bad/."""
+    out_dir = shard_dir(results_dir, plan_row["sweep"], plan_row["cell"], plan_row["shard"])
+    done = scan_shard(out_dir, int(json.loads(plan_row["cell_json"])["eval_runs"]), plan_fields(plan_row),
+                      repair=True).done
     mine = range(plan_row["start"] + rank, plan_row["stop"], world)
     return [e for e in mine if e not in done]
 
 
 def run_row(plan_row: dict[str, Any], results_dir: str | Path, assets: Assets, *, rank: int = 0,
             world: int = 1, cell_examples: int | None = None,
-            on_batch: Callable[[int], None] | None = None) -> int:
-    """Compute and write every missing example of the row for this rank; returns rows written."""
+            on_batch: Callable[[int], None] | None = None, wait: bool = False) -> int:
+    """Compute and write every missing example of the row for this rank; returns rows written.
+
+    Holds the (shard, rank) lock meanwhile: another process already computing this rank's
+    slice of the shard makes this call skip it (returns 0; ``wait=True``: wait for it, then
+    compute what is still missing). Temporaries of a killed writer are removed under it."""
+    results_dir = Path(results_dir)
+    out_dir = shard_dir(results_dir, plan_row["sweep"], plan_row["cell"], plan_row["shard"])
+    with rank_lock(out_dir, rank, wait) as state:
+        if state == "busy":
+            print(f"harness: {out_dir} rank {rank}: another process is computing it "
+                  f"({rank_lock_holder(out_dir, rank) or 'holder unknown'}); skipped, run again to check",
+                  file=sys.stderr)
+            return 0
+        if state == "held":
+            remove_stale_temporaries(out_dir, rank)
+        return _run_locked(plan_row, results_dir, out_dir, assets, rank, world, cell_examples, on_batch)
+
+
+def _run_locked(plan_row: dict[str, Any], results_dir: Path, out_dir: Path, assets: Assets, rank: int,
+                world: int, cell_examples: int | None, on_batch: Callable[[int], None] | None) -> int:
     from .evaluate import Batch, evaluate_batch
     from .data.base import selection
 
-    results_dir = Path(results_dir)
     cell = json.loads(plan_row["cell_json"])
-    out_dir = shard_dir(results_dir, plan_row["sweep"], plan_row["cell"], plan_row["shard"])
-    remove_stale_temporaries(out_dir, rank)
     todo = pending(plan_row, results_dir, rank, world)
     if not todo:
         return 0
@@ -111,8 +141,7 @@ def run_row(plan_row: dict[str, Any], results_dir: str | Path, assets: Assets, *
     write_cell_file(out_dir, rank, cell_file_bytes(plan_row["sweep"], plan_row["cell"], plan_row["cell_json"],
                                                     assets.record(cell), plan_row["label"],
                                                     plan_row["attack_label"]))
-    fields = ([tuple(f) for f in json.loads(plan_row["param_columns"])] if plan_row.get("param_columns")
-              else param_fields([cell]))
+    fields = plan_fields(plan_row)
     schema = row_schema(fields)
     model = assets.defended(cell)
     attack = cell["attack"]

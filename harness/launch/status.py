@@ -175,11 +175,29 @@ def _labels(cell_dir: Path) -> tuple[str, str]:
     return meta["label"] or cell_dir.name[5:], meta["attack_label"]
 
 
+def _shard_problems(directory: Path, start: int | None = None, stop: int | None = None,
+                    eval_runs: int | None = None) -> tuple[set[int], list[str]]:
+    """(examples in valid part files, ["shard=<k>/<file>: why not", ...]) of a shard directory:
+    its bad part files and an untrusted completion marker. Reads only; `harness run` and
+    `harness submit --resume` move bad files to _bad/ and compute their rows again."""
+    from ..results import COMPLETE, OLDER_MARKER, check_marker, scan_shard
+
+    scan = scan_shard(directory, eval_runs)
+    out = [f"{directory.name}/{c.path.name}: {c.reason}" for c in scan.bad]
+    if (directory / COMPLETE).exists():
+        if start is None or stop is None:
+            start, stop = (min(scan.done), max(scan.done) + 1) if scan.done else (0, 0)
+        why = check_marker(directory, start, stop, scan)
+        if why not in (None, OLDER_MARKER):  # an older marker is no damage: the files decide
+            out.append(f"{directory.name}/{COMPLETE}: not trusted: {why}")
+    return scan.done, out
+
+
 def sweep_status(target: str | Path, jobs: str | Path | None = None,
                  states: dict[str, str] | None = None) -> SweepStatus:
     """Count examples per cell; `states` overrides the scheduler query (tests)."""
     from ..plan import load_plan
-    from ..results import shard_dir, done_examples
+    from ..results import shard_dir
 
     sweep, jobs_dir, results_sweep = locate(target, jobs)
     results_root = results_sweep.parent
@@ -190,19 +208,28 @@ def sweep_status(target: str | Path, jobs: str | Path | None = None,
         st.jobs[s] = st.jobs.get(s, 0) + 1
     if jobs_dir is None:  # results only: what is there, nothing about what is not
         for d in sorted(results_sweep.glob("cell=*")):
-            n = sum(len(done_examples(s)) for s in d.glob("shard=*"))
+            n, problems = 0, []
+            for s in sorted(d.glob("shard=*")):
+                done, found = _shard_problems(s)
+                n += len(done)
+                problems += found
             label, attack_label = _labels(d)
             st.cells.append({"cell": d.name[5:], "label": label, "attack_label": attack_label,
-                             "examples": n, "done": n, "running": 0, "queued": 0, "failed": 0, "missing": 0})
+                             "examples": n, "done": n, "running": 0, "queued": 0, "failed": 0, "missing": 0,
+                             "problems": problems})
         return st
     plan = load_plan(jobs_dir / "plan.parquet")
     cells: dict[str, dict[str, Any]] = {}
     for row in plan.to_dict("records"):
         c = cells.setdefault(row["cell"], {"cell": row["cell"], "label": row["label"],
                                            "attack_label": row["attack_label"], "examples": 0,
-                                           **{k: 0 for k in STATES}})
+                                           **{k: 0 for k in STATES}, "problems": []})
         want = set(range(int(row["start"]), int(row["stop"])))
-        done = len(want & done_examples(shard_dir(results_root, sweep, row["cell"], int(row["shard"]))))
+        have, problems = _shard_problems(shard_dir(results_root, sweep, row["cell"], int(row["shard"])),
+                                         int(row["start"]), int(row["stop"]),
+                                         int(json.loads(row["cell_json"])["eval_runs"]))
+        c["problems"] += problems
+        done = len(want & have)
         rest = len(want) - done
         state = by_shard.get(shard_key(row), "UNKNOWN")
         kind = ("running" if state in RUNNING else "queued" if state in QUEUED
@@ -224,6 +251,11 @@ def format_status(st: SweepStatus) -> str:
     fmt = lambda r: "  ".join(v.ljust(w) if i < 3 else v.rjust(w) for i, (v, w) in enumerate(zip(r, widths)))  # noqa: E731
     lines = [f"sweep {st.sweep}: results {st.results}" + (f", plan {st.plan}" if st.plan else " (no plan found)"),
              fmt(head), *map(fmt, rows)]
+    problems = [(c, p) for c in st.cells for p in c.get("problems", ())]
+    if problems:
+        lines.append(f"{len(problems)} bad result file(s) (not counted as done; `harness run` or "
+                     "`harness submit --resume` moves them to <shard>/_bad/ and computes their rows again):")
+        lines += [f"  cell {c['cell'][:10]} ({c['label']} · {c['attack_label']}) {p}" for c, p in problems]
     if st.jobs:
         jobs = ", ".join(f"{n} {s.lower()}" for s, n in sorted(st.jobs.items()))
         lines.append(f"array tasks (latest per row, from {st.source}): {jobs}")

@@ -17,10 +17,10 @@ from ..fsutil import atomic_write
 from ..plan import load_plan
 from ..ranks import World, detect
 from ..telemetry import GpuMonitor, system_description
-from ..results import done_examples, shard_dir
+from ..results import COMPLETE, rank_lock, shard_dir, write_marker
 from ..worker import Assets, run_row
 
-COMPLETE = "_COMPLETE.json"
+__all__ = ["COMPLETE", "mark_complete", "run_task", "results_dir_for"]
 
 
 def results_dir_for(plan_path: Path) -> Path:
@@ -29,23 +29,30 @@ def results_dir_for(plan_path: Path) -> Path:
 
 
 def mark_complete(row: dict[str, Any], out: Path, world: World, written: int) -> bool:
-    """Write the shard's completion marker once every rank is done and every example is there."""
+    """Write the shard's completion marker if every example of it is in a valid part file;
+    True if this rank wrote it.
+
+    Every rank calls this after its own slice, whatever the launcher: with a communicator
+    (MPI) after a barrier, without one (srun without MPI, separate processes) as each
+    finishes, so the last to finish sees the shard complete. The marker lists the part files
+    it covers; the shard lock and a link into place make exactly one writer win."""
     total = world.sum(written)
     world.barrier()
-    if world.rank != 0:
-        return False
-    have = done_examples(out)
-    expected = set(range(int(row["start"]), int(row["stop"])))
-    if not expected <= have:
-        return False  # a rank without a communicator may still be running; status reads the files
-    atomic_write(out / COMPLETE, json.dumps({"cell": row["cell"], "shard": int(row["shard"]),
-                                            "examples": len(expected), "ranks": world.size,
-                                            "rows_this_run": total}) + "\n")
-    return True
+    eval_runs = int(json.loads(row["cell_json"])["eval_runs"]) if row.get("cell_json") else None
+    wrote, _ = write_marker(out, int(row["start"]), int(row["stop"]),
+                            {"cell": row["cell"], "shard": int(row["shard"]), "ranks": world.size,
+                             "rows_this_run": total, "written_by_rank": world.rank}, eval_runs)
+    return wrote
 
 
 def run_task(plan_path: str, row_index: int, results: str | None = None, world: World | None = None) -> int:
     """Run one plan row on this rank; returns the rows this rank wrote."""
+    return run_task_marked(plan_path, row_index, results, world)[0]
+
+
+def run_task_marked(plan_path: str, row_index: int, results: str | None = None,
+                    world: World | None = None) -> tuple[int, bool]:
+    """run_task, and whether this rank wrote the shard's completion marker."""
     plan_file = Path(plan_path)
     plan = load_plan(plan_file)
     if not 0 <= row_index < len(plan):
@@ -57,17 +64,21 @@ def run_task(plan_path: str, row_index: int, results: str | None = None, world: 
     world.configure_threads()
     device = world.device()
     out = shard_dir(results_dir, row["sweep"], row["cell"], int(row["shard"]))
-    with GpuMonitor(int(device.split(":")[1]) if device.startswith("cuda") else None) as gpu:
-        written = run_row(row, results_dir, Assets.for_plan_row(row, device), rank=world.rank, world=world.size,
-                          cell_examples=cell_examples)
-    if written:  # telemetry of the run that did the work, beside its part files
-        run_id = os.environ.get("SLURM_JOB_ID") or f"pid{os.getpid()}-{int(time.time())}"
-        atomic_write(out / f"_telemetry-rank-{world.rank}-{run_id}.json",
-                     json.dumps({"rows": written, "device": device, "world": world.size,
-                                 "backend": world.backend, **gpu.info, "system": system_description()},
-                                default=str) + "\n")
-    mark_complete(row, out, world, written)
-    return written
+    # The rank lock covers the telemetry too: its temporaries are this rank's to clean up.
+    with rank_lock(out, world.rank) as state:
+        with GpuMonitor(int(device.split(":")[1]) if device.startswith("cuda") else None) as gpu:
+            written = (run_row(row, results_dir, Assets.for_plan_row(row, device), rank=world.rank,
+                               world=world.size, cell_examples=cell_examples) if state != "busy" else 0)
+        if state == "busy":
+            print(f"rank {world.rank}: another process is computing this rank's slice of {out}; skipped",
+                  file=sys.stderr, flush=True)
+        if written:  # telemetry of the run that did the work, beside its part files
+            run_id = os.environ.get("SLURM_JOB_ID") or f"pid{os.getpid()}-{int(time.time())}"
+            atomic_write(out / f"_telemetry-rank-{world.rank}-{run_id}.json",
+                         json.dumps({"rows": written, "device": device, "world": world.size,
+                                     "backend": world.backend, **gpu.info, "system": system_description()},
+                                    default=str) + "\n")
+    return written, mark_complete(row, out, world, written)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -77,8 +88,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--results", default=None, help="results directory (default: results/ beside jobs/)")
     args = ap.parse_args(argv)
     world = detect()
-    n = run_task(args.plan, args.row, args.results, world)
-    print(f"rank {world.rank}/{world.size} ({world.backend}): row {args.row} done, {n} rows written", flush=True)
+    n, wrote = run_task_marked(args.plan, args.row, args.results, world)
+    marked = ", shard marked complete" if wrote else ""
+    print(f"rank {world.rank}/{world.size} ({world.backend}): row {args.row} done, {n} rows written{marked}",
+          flush=True)
     return 0
 
 
