@@ -39,12 +39,13 @@ ENTRY_KEYS = ("name", "params", "zip")
 # skips names starting with "." or "_" (its own _report/, temporaries), so a sweep never does.
 SWEEP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 SWEEP_RULE = ("a name of 1 to 64 letters, digits, '_', '.', '-', starting with a letter or "
-              "digit (it becomes a directory)")
+              "digit, not ending in .tmp (it becomes a directory)")
 
 
 def is_sweep_name(name: Any) -> bool:
-    """True when `name` is a valid sweep name (SWEEP_NAME); the report's skip rule agrees."""
-    return isinstance(name, str) and SWEEP_NAME.fullmatch(name) is not None
+    """True when `name` is a valid sweep name (SWEEP_NAME, and not a temporary's `.tmp`
+    suffix); the report reads every directory this accepts (tests/test_grid.py holds it)."""
+    return isinstance(name, str) and SWEEP_NAME.fullmatch(name) is not None and not name.endswith(".tmp")
 
 
 # What a grid file may be: the reader refuses anything beyond these, naming the key path.

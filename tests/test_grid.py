@@ -325,3 +325,23 @@ def test_bad_shapes(bad: Callable[[dict[str, Any]], None]) -> None:
     bad(raw)
     with pytest.raises(GridError, match="is not allowed"):
         expand(raw, "g.yaml")
+
+
+def test_sweep_name_rule_is_the_reports() -> None:
+    """One rule: every sweep name the grid accepts is read by the report, every one the report
+    skips is refused by the grid."""
+    import random
+
+    from analysis.aggregate import _ignored
+    from harness.grid import is_sweep_name
+
+    rng = random.Random(0)
+    alphabet = "aZ09_.-~ /"
+    names = ["smoke", "paper-cifar10", ".hidden", "_under", "...", "run.tmp", "a" * 64, "a" * 65, "x.y_z-1"]
+    names += ["".join(rng.choice(alphabet) for _ in range(rng.randint(1, 8))) for _ in range(2000)]
+    for name in names:
+        if is_sweep_name(name):
+            assert not _ignored(name), name
+        if _ignored(name):
+            assert not is_sweep_name(name), name
+    assert not any(is_sweep_name(n) for n in (".hidden", "_under", "...", "run.tmp", "a" * 65))
