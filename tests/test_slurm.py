@@ -10,6 +10,7 @@ import json
 import os
 import platform
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -30,6 +31,7 @@ GOLDEN = Path(__file__).resolve().parent / "golden"
 KEY = ["cell", "example", "eval_run"]
 TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "PREEMPTED",
             "BOOT_FAIL", "DEADLINE"}
+RUNNING_STATES = {"RUNNING", "COMPLETING", "CONFIGURING", "SIGNALING", "STAGE_OUT"}
 
 # Three rows of eight single-example batches each (~1.5 s a batch here): long enough to
 # interrupt mid-row.
@@ -189,6 +191,24 @@ def write(path: Path, text: str) -> Path:
     return path
 
 
+def status_totals(stdout: str) -> list[int]:
+    """The total line of `harness status`: examples, done, running, queued, failed, missing."""
+    total = next(line for line in stdout.splitlines() if line.startswith("total")).split()
+    return [int(v) for v in total[1:]]
+
+
+def job_info(task: str) -> dict[str, str]:
+    """`scontrol show job -o` as key → value ({} once the job has left the controller, MinJobAge)."""
+    r = run("scontrol", "show", "job", "-o", task, check=False)
+    return dict(re.findall(r"(\w+)=(\S*)", r.stdout)) if r.returncode == 0 else {}
+
+
+def sacct_instances(task: str) -> list[str]:
+    """Every run of a task in accounting, oldest first (-D: requeued runs too)."""
+    r = run("sacct", "-n", "-X", "-D", "-P", "-j", task, "-o", "State", check=False)
+    return [line.split()[0] for line in r.stdout.splitlines() if line.strip()]
+
+
 @pytest.fixture(scope="module")
 def baseline(tmp_path_factory) -> pd.DataFrame:
     """`harness run` of the tiny grid in one process: the predictions every launcher must give."""
@@ -211,13 +231,27 @@ def test_submit_array_matches_harness_run(cluster: Cluster, baseline: pd.DataFra
     assert not (tmp_path / "jobs").exists(), "a dry run writes nothing"
     script = dry.stdout.split("(max array size", 1)[1].split("\n", 1)[1]
 
-    t0 = time.monotonic()
-    r = harness(*args, cwd=tmp_path, timeout=120)
+    # Submitted on hold (an sbatch on PATH that adds --hold; Slurm 22.05 has no SBATCH_HOLD): submit
+    # returning while no task can have started shows that it does not wait for the jobs, however
+    # fast or slow this machine is (no wall-clock bound needed).
+    shim = tmp_path / "hold-bin"
+    shim.mkdir()
+    real_sbatch = shutil.which("sbatch")
+    assert real_sbatch, "sbatch not on PATH"
+    write(shim / "sbatch", f"#!/bin/sh\nexec {shlex.quote(real_sbatch)} --hold \"$@\"\n").chmod(0o755)
+    r = harness(*args, cwd=tmp_path, timeout=120, env={**os.environ, "PATH": f"{shim}:{os.environ['PATH']}"})
     assert r.returncode == 0, r.stderr
-    assert time.monotonic() - t0 < 60, "submit must return at once"
     job = job_id_from(r.stdout)
     assert "harness status" in r.stdout
     jobs_sweep = tmp_path / "jobs" / "tiny"
+    try:
+        held = run("squeue", "-h", "-r", "-j", job, "-o", "%i|%T|%r").stdout.split()
+        assert len(held) == 8 and all(line.endswith("|PENDING|JobHeldUser") for line in held), held
+        st = harness("status", str(jobs_sweep), cwd=tmp_path)
+        assert st.returncode == 0, st.stderr
+        assert status_totals(st.stdout) == [48, 0, 0, 48, 0, 0], st.stdout  # all queued while held
+    finally:
+        run("scontrol", "release", job)
     # What was submitted is exactly what the dry run printed.
     assert (jobs_sweep / "slurm" / f"{job}_submission.sh").read_text() + "\n" == script
     record = json.loads((jobs_sweep / "submissions.jsonl").read_text())
@@ -229,12 +263,10 @@ def test_submit_array_matches_harness_run(cluster: Cluster, baseline: pd.DataFra
 
     st = harness("status", str(jobs_sweep), cwd=tmp_path)
     assert st.returncode == 0, st.stderr
-    total = next(line for line in st.stdout.splitlines() if line.startswith("total")).split()
-    assert total[1:] == ["48", "48", "0", "0", "0", "0"], st.stdout
+    assert status_totals(st.stdout) == [48, 48, 0, 0, 0, 0], st.stdout
     st2 = harness("status", str(tmp_path / "results" / "tiny"), cwd=tmp_path)
     assert st2.returncode == 0, st2.stderr
-    total = next(line for line in st2.stdout.splitlines() if line.startswith("total")).split()
-    assert total[1:] == ["48", "48", "0", "0", "0", "0"], st2.stdout
+    assert status_totals(st2.stdout) == [48, 48, 0, 0, 0, 0], st2.stdout
 
     again = harness(*args, cwd=tmp_path, timeout=120)
     assert again.returncode == 0 and "nothing to submit" in again.stdout, again.stdout + again.stderr
@@ -255,22 +287,87 @@ def test_sweep_sh_array_matches_harness_run(cluster: Cluster, baseline: pd.DataF
 
 # ---------------------------------------------------------------- kill, requeue, resume
 
-def _release_after_requeue(task: str) -> None:
-    """Slurm holds a requeued job for ~2 minutes (BeginTime); release it once it is pending again
-    (an update while the first instance is still ending does not stick)."""
-    def released() -> bool:
-        q = run("squeue", "-h", "-j", task, "-o", "%T", check=False).stdout.strip()
-        if q == "PENDING":
-            run("scontrol", "update", f"jobid={task}", "StartTime=now", check=False)
-        return q == "RUNNING"  # the first instance had ended before requeue returned: this is the new one
+def _await_requeued_start(task: str, timeout: float = 150) -> bool:
+    """After a requeue was asked for (by `scontrol requeue`, or by the job itself on a signal): wait
+    until the task's next run has started or already ended, and say whether the task was requeued.
 
-    wait_until(released, 90, f"{task} running again after requeue", poll=1.0)
+    A signal can also come too late to be acted on (the row had finished, the job had ended): then the
+    task ends in a terminal state without a restart, and False is returned. Slurm holds a requeued job
+    for ~2 minutes (BeginTime); it is released here once it has been PENDING for 2 s: an update while
+    the first run is still ending does not stick, and a launch in the same second as the first run's
+    end is refused ("Job credential revoked"). Nothing here depends on how fast the rows run."""
+    pending_since: list[float] = []
+    requeued: list[bool] = []
+    seen: list[dict[str, str]] = []
+
+    def settled() -> bool:
+        info = job_info(task)
+        seen[:] = [info]
+        if not info:  # left the controller (MinJobAge after it ended): accounting knows
+            runs = sacct_instances(task)
+            if runs and runs[-1] in TERMINAL:
+                requeued.append("REQUEUED" in runs)
+                return True
+            return False
+        state, restarts = info.get("JobState", ""), int(info.get("Restarts", "0") or 0)
+        if restarts == 0:
+            if state in TERMINAL:  # ended before the request could act: not requeued
+                requeued.append(False)
+                return True
+            return False  # still the first run: the signal not yet acted on
+        if state == "PENDING":  # requeued and held: this run cannot start until released here
+            if not pending_since:
+                pending_since.append(time.monotonic())
+            elif time.monotonic() - pending_since[0] >= 2:
+                run("scontrol", "update", f"jobid={task}", "StartTime=now", check=False)
+            return False
+        if state == "RUNNING" or state in TERMINAL or (state in RUNNING_STATES and pending_since):
+            # restarts >= 1 and not the first run ending (that shows as REQUEUED/PENDING/COMPLETING
+            # before the hold): the run that started after the requeue, running or already ended
+            requeued.append(True)
+            return True
+        return False  # REQUEUED, REQUEUE_HOLD, COMPLETING, ...: the first run still ending
+
+    wait_until(settled, timeout, f"{task} requeued and started again, or ended", poll=1.0,
+               debug=lambda: f"scontrol: {seen}\nsacct: {sacct_instances(task)}")
+    return requeued[-1]
+
+
+def _row_status(plan_rows: list[dict], results_root: Path) -> dict[int, tuple[bool, int]]:
+    """Plan row → (complete the way `harness submit` decides it, examples not yet in part files)."""
+    from harness.launch.slurm import row_complete
+    from harness.results import done_examples, shard_dir
+
+    out = {}
+    for r in plan_rows:
+        want = set(range(int(r["start"]), int(r["stop"])))
+        have = done_examples(shard_dir(results_root, r["sweep"], r["cell"], int(r["shard"])))
+        out[int(r["row"])] = (row_complete(r, results_root), len(want - have))
+    return out
+
+
+def _interrupt(cmd: list[str], row: int, plan_rows: list[dict], results_root: Path) -> bool:
+    """Send an interruption; one refused because the task has already ended is fine if its row is complete."""
+    r = run(*cmd, check=False)
+    if r.returncode != 0:
+        assert _row_status(plan_rows, results_root)[row][0], \
+            f"{cmd} failed and row {row} is not complete:\n{r.stdout}\n{r.stderr}"
+    return r.returncode == 0
 
 
 def test_cancel_requeue_preempt_then_resume_complete_exactly_once(cluster: Cluster, tmp_path: Path) -> None:
     """Mid-row: task 0 is cancelled, task 1 requeued by `scontrol requeue`, task 2 gets the
     pre-timeout signal (USR2: submitit checkpoints ArrayTask and requeues it). `submit --resume`
-    resubmits row 0 only (Slurm queues 1 and 2 again itself); every example ends up there once."""
+    resubmits exactly the rows that are neither complete nor queued/running, which `harness status`
+    taken just before shows as failed or missing (row 0, unless it finished before its cancellation
+    took effect); every example ends up there once.
+
+    How far each row gets before and after its interruption depends on the machine's speed (a row may
+    finish before the signal arrives, during the cancellation's KillWait, or right after its release);
+    the test accepts every such state and asserts the outcome and its consistency."""
+    from harness.launch.slurm import ranges
+    from harness.launch.status import ACTIVE, read_submissions, shard_key, shard_tasks
+
     sweep = "slow"
     write(tmp_path / "slow.yaml", SLOW_GRID.format(sweep=sweep))
     args = ("submit", "--grid", "slow.yaml", "--profile", str(PROFILES / "local.yaml"), "--jobs", "jobs",
@@ -278,38 +375,90 @@ def test_cancel_requeue_preempt_then_resume_complete_exactly_once(cluster: Clust
     r = harness(*args, cwd=tmp_path, timeout=120)
     assert r.returncode == 0, r.stderr
     job = job_id_from(r.stdout)
-    jobs_sweep, results_sweep = tmp_path / "jobs" / sweep, tmp_path / "results" / sweep
+    jobs_sweep, results_root = tmp_path / "jobs" / sweep, tmp_path / "results"
+    results_sweep = results_root / sweep
+    plan_rows = pd.read_parquet(jobs_sweep / "plan.parquet").to_dict("records")
+    assert [int(p["row"]) for p in plan_rows] == [0, 1, 2]
     tasks = [f"{job}_{k}" for k in range(3)]
     first_parts = lambda: all(any(results_sweep.glob(f"cell=*/shard={k}/rank-*-part-*.parquet"))  # noqa: E731
                               for k in range(3))
     wait_until(first_parts, 240, "a first batch of every row", debug=lambda: str(task_states([job])))
-    assert task_states([job]) == {t: "RUNNING" for t in tasks}
+    # Normally all RUNNING; on a fast machine a row may already have finished.
+    states = task_states([job])
+    assert all(states.get(t) in {"RUNNING", "COMPLETING", "COMPLETED"} for t in tasks), states
 
-    run("scancel", tasks[0])
-    run("scontrol", "requeue", tasks[1])
-    run("scancel", "--signal=USR2", tasks[2])
-    for k in range(3):
-        assert not next(results_sweep.glob(f"cell=*/shard={k}")).joinpath("_COMPLETE.json").exists(), \
-            "a row finished before it was interrupted; make SLOW_GRID heavier"
-    # Cancelled: COMPLETING (still running its last batch) until it is gone, then CANCELLED.
-    wait_until(lambda: task_states([job]).get(tasks[0]) == "CANCELLED", 60, "task 0 cancelled")
-    _release_after_requeue(tasks[1])
-    _release_after_requeue(tasks[2])
-    log2 = (jobs_sweep / "slurm" / f"{tasks[2]}_0_log.out").read_text()
-    assert "Caught signal SIGUSR2" in log2 and "Requeued job" in log2, log2[-3000:]
+    _interrupt(["scancel", tasks[0]], 0, plan_rows, results_root)
+    asked1 = _interrupt(["scontrol", "requeue", tasks[1]], 1, plan_rows, results_root)
+    asked2 = _interrupt(["scancel", "--signal=USR2", tasks[2]], 2, plan_rows, results_root)
+    # Cancelled: COMPLETING (submitit ignores SIGTERM: it runs on for KillWait, possibly to the end of
+    # the row) until it is gone, then CANCELLED; COMPLETED if it had finished before scancel.
+    wait_until(lambda: task_states([job]).get(tasks[0]) in {"CANCELLED", "COMPLETED"}, 60, "task 0 ended",
+               debug=lambda: str(task_states([job])))
+    if task_states([job])[tasks[0]] == "COMPLETED":
+        assert _row_status(plan_rows, results_root)[0][0], "task 0 COMPLETED with its row incomplete"
+    requeued1 = _await_requeued_start(tasks[1]) if asked1 else False
+    assert requeued1 or _row_status(plan_rows, results_root)[1][0], "task 1 neither requeued nor complete"
+    requeued2 = _await_requeued_start(tasks[2]) if asked2 else False
+    log2 = jobs_sweep / "slurm" / f"{tasks[2]}_0_log.out"
+    if requeued2:  # the signal came while submitit's handler was installed: it checkpointed and requeued
+        wait_until(lambda: "Requeued job" in log2.read_text(), 30, "submitit to log the requeue of task 2",
+                   debug=lambda: log2.read_text()[-3000:])
+        assert "Caught signal SIGUSR2" in log2.read_text(), log2.read_text()[-3000:]
+    else:  # it came after the task had ended: only a complete row may be left so
+        assert _row_status(plan_rows, results_root)[2][0], ("task 2 neither requeued nor complete",
+                                                            log2.read_text()[-3000:])
+
+    # One point in time: the rows' tasks' states, then `harness status`, then `submit --resume`.
+    # Rows not active now have no process left writing them, so what they lack cannot change.
+    states = task_states([job])
+    inactive = {k for k in range(3) if states.get(tasks[k]) not in ACTIVE}
+    assert 0 in inactive, states
+    st = harness("status", str(jobs_sweep), cwd=tmp_path)
+    assert st.returncode == 0, st.stderr
+    before = _row_status(plan_rows, results_root)
+    missing_rows = sorted(k for k in inactive if not before[k][0])
+    _, _, _, _, failed, missing = status_totals(st.stdout)
+    assert failed + missing == sum(before[k][1] for k in inactive), (states, before, st.stdout)
+    n_subs = len((jobs_sweep / "submissions.jsonl").read_text().splitlines())
 
     again = harness(*args, "--resume", cwd=tmp_path, timeout=120)
     assert again.returncode == 0, again.stderr
-    assert "3 rows: 0 complete, 2 queued or running, 1 to submit" in again.stdout, again.stdout
-    assert "plan rows 0 " in again.stdout, again.stdout
-    wait_tasks(submitted_tasks(jobs_sweep) + tasks[1:], 420, logs=jobs_sweep / "slurm")
+    after = _row_status(plan_rows, results_root)
+    m = re.search(r"^3 rows: (\d+) complete, (\d+) queued or running, (\d+) to submit$", again.stdout, re.M)
+    assert m, again.stdout
+    n_complete, n_active, n_todo = map(int, m.groups())
+    assert n_complete + n_active + n_todo == 3, again.stdout
+    assert sum(c for c, _ in before.values()) <= n_complete <= sum(c for c, _ in after.values()), \
+        (before, after, again.stdout)
+    assert n_active <= 3 - len(inactive), (states, again.stdout)  # an active row only ends, never restarts
+    assert n_todo == len(missing_rows), (missing_rows, states, before, again.stdout)
+    subs = (jobs_sweep / "submissions.jsonl").read_text().splitlines()
+    if missing_rows:
+        assert f"plan rows {ranges(missing_rows)} (" in again.stdout, (missing_rows, again.stdout)
+        assert len(subs) == n_subs + 1 and json.loads(subs[-1])["rows"] == missing_rows, subs
+        st = harness("status", str(jobs_sweep), cwd=tmp_path)
+        assert st.returncode == 0, st.stderr
+        assert status_totals(st.stdout)[4:] == [0, 0], st.stdout  # nothing failed or missing now
+    else:
+        assert "nothing to submit" in again.stdout and len(subs) == n_subs, again.stdout
+    latest = {k: shard_tasks(read_submissions(jobs_sweep))[shard_key(p)] for k, p in enumerate(plan_rows)}
+    states = wait_tasks(sorted(latest.values()), 420, logs=jobs_sweep / "slurm")
+    for k, t in latest.items():
+        # The latest task of every row completed, unless it is a first-run task that was not requeued
+        # and whose row was complete by then: cancelled after finishing its row within KillWait, or
+        # killed by a USR2 that came after submitit had removed its handler (FAILED).
+        assert states[t] == "COMPLETED" or (t in tasks and k in inactive and before[k][0]), (k, states)
 
     rows = result_rows(results_sweep)
     assert len(rows) == 24 and not rows.duplicated(KEY).any(), rows[KEY].value_counts()
     assert set(rows["example"]) == set(range(24))
-    assert all((d / "_COMPLETE.json").is_file() for d in results_sweep.glob("cell=*/shard=*"))
+    final = _row_status(plan_rows, results_root)
+    assert all(c for c, _ in final.values()), final
+    for k, t in latest.items():  # the completion marker: written by every run that completed its row
+        if states[t] == "COMPLETED":
+            assert next(results_sweep.glob(f"cell=*/shard={k}")).joinpath("_COMPLETE.json").is_file(), k
     st = harness("status", str(jobs_sweep), cwd=tmp_path)
-    assert "complete; tables" in st.stdout, st.stdout
+    assert "complete; tables" in st.stdout and status_totals(st.stdout)[:2] == [24, 24], st.stdout
     done = harness(*args, "--resume", cwd=tmp_path, timeout=120)
     assert "nothing to submit" in done.stdout, done.stdout
 
@@ -318,7 +467,12 @@ def test_sweep_sh_requeues_itself_on_the_pre_timeout_signal(cluster: Cluster, tm
     """slurm/sweep.sh gets USR1 in its batch shell (what `--signal=B:USR1@300` sends before the time
     limit): it stops the step, requeues the task and exits; the requeued task resumes from the part
     files already written. With HARNESS_MAX_REQUEUES=1 a second signal is not acted on and the task
-    runs to completion. Every example of the row is there exactly once."""
+    runs to completion. Every example of the row is there exactly once.
+
+    A signal that reaches the script after its step has ended still requeues it (the next run finds
+    the row complete); one that comes after the task has ended is refused by scancel. Should the row
+    finish before the first signal on a fast machine, the outcome is still checked and the test is
+    reported as skipped (the requeue path was not exercised)."""
     sweep = "slowsh"
     write(tmp_path / "slow.yaml", SLOW_GRID.format(sweep=sweep))
     assert harness("plan", "--grid", "slow.yaml", "--jobs", "jobs", cwd=tmp_path).returncode == 0
@@ -331,45 +485,44 @@ def test_sweep_sh_requeues_itself_on_the_pre_timeout_signal(cluster: Cluster, tm
     task, log = f"{job}_1", tmp_path / "logs" / f"{job}_1.out"
     parts = lambda: sorted(results_sweep.glob("cell=*/shard=1/rank-*-part-*.parquet"))  # noqa: E731
     log_text = lambda: log.read_text() if log.is_file() else ""  # noqa: E731
-
-    def restarts() -> int:
-        m = re.search(r"\bRestarts=(\d+)", run("scontrol", "show", "job", "-o", task, check=False).stdout)
-        return int(m.group(1)) if m else -1
+    complete = lambda: any(results_sweep.glob("cell=*/shard=1/_COMPLETE.json"))  # noqa: E731
 
     wait_until(lambda: bool(parts()), 240, "a first part file of row 1",
                debug=lambda: f"{task_states([job])}\n{log_text()[-3000:]}")
     before = {p.name: p.stat().st_mtime_ns for p in parts()}
-    run("scancel", "--batch", "--signal=USR1", task)
-    assert not next(results_sweep.glob("cell=*/shard=1")).joinpath("_COMPLETE.json").exists(), \
-        "the row finished before it was signalled; make SLOW_GRID heavier"
+    sig1 = run("scancel", "--batch", "--signal=USR1", task, check=False)
+    assert sig1.returncode == 0 or complete(), (sig1.stderr, log_text()[-3000:])
+    requeued = _await_requeued_start(task, 150) if sig1.returncode == 0 else False
 
-    pending = lambda: run("squeue", "-h", "-j", task, "-o", "%T", check=False).stdout.strip() == "PENDING"  # noqa: E731
-    wait_until(lambda: restarts() >= 1 and pending(), 60, f"{task} requeued (Restarts >= 1, PENDING)",
-               debug=log_text)
-    # Slurm revokes the first instance's credential in the second it is killed, and refuses a launch
-    # whose credential dates from that same second ("Job credential revoked", FAILED); the requeue
-    # hold exists for this. The script exits right after requeueing, so let that second pass.
-    time.sleep(2)
-    _release_after_requeue(task)
-    requeued = lambda: "REQUEUED" in run("sacct", "-n", "-X", "-D", "-j", task, "-o", "State").stdout  # noqa: E731
-    wait_until(requeued, 30, f"sacct to record {task} as REQUEUED")
-    text = log_text()
-    assert "SIGUSR1" in text and f"requeued {task};" in text, text[-3000:]  # --open-mode=append kept it
-
-    # The second instance: past HARNESS_MAX_REQUEUES, a signal is logged and the task runs on.
-    wait_until(lambda: "restart 1" in log_text(), 60, "the requeued task's script to start", debug=log_text)
-    run("scancel", "--batch", "--signal=USR1", task)
+    if requeued:
+        text = log_text()
+        assert "SIGUSR1" in text and f"requeued {task};" in text, text[-3000:]  # --open-mode=append kept it
+        wait_until(lambda: "REQUEUED" in sacct_instances(task), 30, f"sacct to record {task} as REQUEUED")
+        # The second run: past HARNESS_MAX_REQUEUES, a signal is logged and the task runs on (or, if
+        # the run has already ended, the signal is refused or finds no script: nothing to act on).
+        wait_until(lambda: "restart 1" in log_text(), 60, "the requeued task's script to start", debug=log_text)
+        run("scancel", "--batch", "--signal=USR1", task, check=False)
+    else:
+        assert "SIGUSR1" not in log_text(), log_text()[-3000:]  # not requeued, so not acted on
     states = wait_tasks([task], 300, logs=tmp_path / "logs")
     assert states == {task: "COMPLETED"}, (states, log_text()[-3000:])
-    assert restarts() in (1, -1)  # -1: already gone from scontrol (MinJobAge)
-    assert "not requeueing, running on" in log_text(), log_text()[-3000:]
+    text = log_text()
+    # Never requeued past the limit: one requeue at most, in the log and in accounting.
+    assert text.count(f"requeued {task};") == (1 if requeued else 0), text[-3000:]
+    assert sacct_instances(task).count("REQUEUED") == (1 if requeued else 0), sacct_instances(task)
+    assert job_info(task).get("Restarts", "1" if requeued else "0") == ("1" if requeued else "0")
+    signals = [line for line in text.splitlines() if "SIGUSR1" in line]
+    assert all("not requeueing, running on" in line for line in signals[1:]), text[-3000:]
 
     rows = result_rows(results_sweep)
     assert not rows.duplicated(KEY).any(), rows[KEY].value_counts()
     assert sorted(rows["example"]) == list(range(8, 16)), sorted(rows["example"])
-    assert next(results_sweep.glob("cell=*/shard=1")).joinpath("_COMPLETE.json").is_file()
+    assert complete()
     after = {p.name: p.stat().st_mtime_ns for p in parts()}
     assert all(after.get(name) == t for name, t in before.items()), "a finished part file was rewritten"
+    if not requeued:
+        pytest.skip("row 1 finished before USR1 reached slurm/sweep.sh: outcome checked, requeue path not "
+                    "exercised on this machine")
 
 
 # ---------------------------------------------------------------- dry run: the golden batch scripts
