@@ -28,7 +28,9 @@ def fake_nvml(energy_mj: list[int]) -> types.SimpleNamespace:
 
 def test_monitor_records_energy_and_utilisation() -> None:
     with GpuMonitor(0, interval_s=0.01, nvml=fake_nvml([1_000_000, 1_250_500])) as mon:
-        time.sleep(0.1)
+        deadline = time.monotonic() + 30  # wait for the outcome (a sample), not a fixed time
+        while not mon.samples and time.monotonic() < deadline:
+            time.sleep(0.01)
     assert mon.info["nvml"] == "ok" and mon.info["gpu"] == "NVIDIA H100 80GB HBM3"
     assert mon.info["energy_j"] == 250.5  # NVML counts millijoules
     assert mon.info["util_samples"] and set(mon.info["util_samples"]) == {87}
