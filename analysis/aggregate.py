@@ -32,10 +32,7 @@ from harness.errors import UsageError
 
 from .stats import clustered_interval
 
-try:
-    from harness.results import NONFINITE_PRED
-except ImportError:  # an older harness: the value the writer uses for non-finite logits
-    NONFINITE_PRED = -1
+from harness.results import NONFINITE_PRED
 
 #: One summary row (and, minus classifier/label, one table) per combination of these.
 GROUP_KEYS: tuple[str, ...] = ("dataset", "threat", "eps", "attack_label", "classifier", "label")
@@ -122,7 +119,7 @@ def load_results(path: str | os.PathLike[str]) -> pd.DataFrame:
 def _marker_problems(files: list[Path], path: str | os.PathLike[str]) -> list[str]:
     """Shard completion markers (``_COMPLETE.json``) under ``path`` that list a part file which
     is gone: rows the marker vouches for are missing."""
-    from harness.results import COMPLETE
+    from harness.results import COMPLETE, marker_parts
 
     root = Path(path)
     dirs = {f.parent for f in files}
@@ -131,17 +128,14 @@ def _marker_problems(files: list[Path], path: str | os.PathLike[str]) -> list[st
                  if not any(_ignored(p) for p in m.relative_to(root).parts[:-1])}
     out = []
     for d in sorted(dirs):
+        parts = marker_parts(d)
+        if isinstance(parts, str):
+            if parts.startswith("unreadable"):
+                out.append(f"{d / COMPLETE}: unreadable completion marker {parts[len('unreadable '):]}")
+            continue  # absent, or an older marker without a part list
         marker = d / COMPLETE
-        if not marker.is_file():
-            continue
-        try:
-            doc = json.loads(marker.read_text())
-        except (OSError, ValueError) as exc:
-            out.append(f"{marker}: unreadable completion marker ({exc})")
-            continue
-        parts = doc.get("parts") if isinstance(doc, dict) else None
-        for p in parts if isinstance(parts, list) else []:
-            name = p.get("name", "?") if isinstance(p, dict) else "?"
+        for p in parts:
+            name = p.get("name", "?")
             f = d / name
             if not f.is_file():  # (a rewritten part is judged by its own check, not its size)
                 out.append(f"{marker}: lists {name}, which is missing")

@@ -13,7 +13,7 @@ from typing import Any
 import pandas as pd
 
 from . import registry
-from .difftime import T, diffusion_steps  # noqa: F401  (re-exported: the one rule for a time)
+from .difftime import T  # noqa: F401  (re-exported: plan costs are in steps of T)
 from .errors import UsageError
 from .fsutil import atomic_write
 from .grid import Grid, canonical_json, cell_hash, cell_label

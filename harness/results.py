@@ -354,12 +354,9 @@ def done_examples(directory: Path, eval_runs: int | None = None, repair: bool = 
 
 # ---------------------------------------------------------------- the completion marker
 
-def check_marker(directory: str | os.PathLike[str], start: int, stop: int,
-                 scan: ShardScan | None = None, eval_runs: int | None = None) -> str | None:
-    """Why the shard's _COMPLETE.json is not to be trusted ("absent" if there is none), or None:
-    it lists its part files (name, rows, size), each is there with that size and valid, and
-    together they hold every example start..stop-1."""
-    directory = Path(directory)
+def marker_parts(directory: Path) -> list[dict[str, Any]] | str:
+    """The part entries ({name, rows, size}) the shard's _COMPLETE.json lists, or why there are
+    none: "absent", "unreadable (...)", or OLDER_MARKER."""
     try:
         doc = json.loads((directory / COMPLETE).read_text())
     except FileNotFoundError:
@@ -369,11 +366,23 @@ def check_marker(directory: str | os.PathLike[str], start: int, stop: int,
     parts = doc.get("parts") if isinstance(doc, dict) else None
     if not isinstance(parts, list):
         return OLDER_MARKER
+    return [p if isinstance(p, dict) else {} for p in parts]
+
+
+def check_marker(directory: str | os.PathLike[str], start: int, stop: int,
+                 scan: ShardScan | None = None, eval_runs: int | None = None) -> str | None:
+    """Why the shard's _COMPLETE.json is not to be trusted ("absent" if there is none), or None:
+    it lists its part files (name, rows, size), each is there with that size and valid, and
+    together they hold every example start..stop-1."""
+    directory = Path(directory)
+    parts = marker_parts(directory)
+    if isinstance(parts, str):
+        return parts
     scan = scan if scan is not None else scan_shard(directory, eval_runs)
     good = {c.path.name: c for c in scan.good}
     covered: set[int] = set()
     for p in parts:
-        name = p.get("name", "?") if isinstance(p, dict) else "?"
+        name = p.get("name", "?")
         if not (directory / name).is_file():
             return f"lists {name}, which is missing"
         c = good.get(name)
