@@ -20,19 +20,20 @@ directories mixing both, read the same: the parameter columns are derived from `
 from __future__ import annotations
 
 import json
+import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 
 from harness.errors import UsageError
-
-from .stats import clustered_interval
-
 from harness.results import NONFINITE_PRED
+
+from .engine import ROW_TYPES, Rows, connect, from_frame, normalised_select, q, sql_type
+from .stats import interval_from_clusters
 
 #: One summary row (and, minus classifier/label, one table) per combination of these.
 GROUP_KEYS: tuple[str, ...] = ("dataset", "threat", "eps", "attack_label", "classifier", "label")
@@ -78,42 +79,342 @@ def find_part_files(path: str | os.PathLike[str]) -> list[Path]:
     return found
 
 
-def load_results(path: str | os.PathLike[str]) -> pd.DataFrame:
-    """Read every result part file under ``path`` into one DataFrame (one row per example-run).
+# ---------------------------------------------------------------- opening a results directory
 
-    Adds a categorical ``source_file`` column. Raises :class:`ResultsError` when there are no
-    part files, a file lacks a required column, a (cell, example, eval_run) key appears more
-    than once, or a cell's planned values disagree between rows.
+def open_results(path: str | os.PathLike[str], with_params: bool = False) -> Rows:
+    """Validate every result part file under ``path`` and return its rows as a DuckDB view
+    (nothing is read into memory but file footers and per-cell constants).
+
+    The columns the report reads (``with_params``: and the parameter columns) are copied once
+    into a compressed on-disk DuckDB table: one Parquet scan instead of one per query, and the
+    many queries that follow (checks, statistics) run on DuckDB's own storage.
+
+    Raises :class:`ResultsError` when there are no part files, a file is bad (unreadable, a
+    required column missing or mistyped, not exactly its examples × eval runs: the reason
+    :func:`harness.results.read_part` gives), a completion marker lists a missing part, a
+    (cell, example, eval_run) key appears more than once, or a cell's planned values disagree.
     """
+    from harness.results import SCHEMA, check_header
+
     files = find_part_files(path)
     if not files:
         raise ResultsError(f"no result files under {path}")
-    from harness.results import read_part
-
-    tables: list[pa.Table] = []
+    full: set[str] = set()  # files of this writer: the row invariants apply
     bad: list[str] = []
-    for f in files:
-        table, check = read_part(f, required=REQUIRED_COLUMNS)
-        if table is None or not check.ok:
-            bad.append(f"{f}: {check.reason}")
-        else:
-            tables.append(table)
+    available: dict[str, str] = {}
+    empty: list[Path] = []
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=8) as pool:  # footer reads wait on the file system
+        headers = list(pool.map(lambda f: check_header(f, required=REQUIRED_COLUMNS), files))
+    groups: dict[tuple, list[Path]] = {}  # files by schema: each group is one plain scan
+    for f, (pf, head) in zip(files, headers):
+        if pf is None:
+            bad.append(f"{f}: {head.reason}")
+            continue
+        schema = pf.schema_arrow
+        available.update({n: str(t) for n, t in zip(schema.names, schema.types)})
+        if set(SCHEMA.names) <= set(schema.names):
+            full.add(str(f))
+            if head.rows == 0:
+                empty.append(f)
+        if head.rows:
+            groups.setdefault(tuple(zip(schema.names, map(str, schema.types))), []).append(f)
+    good = [f for g in groups.values() for f in g]
+    con = connect(on_disk=os.environ.get("HARNESS_REPORT_DISK", "1") == "1")
+    params = _param_fields(available)
+    if good:
+        kept = params if with_params else []
+        columns = [*ROW_TYPES.items(), *((n, sql_type(t)) for n, t in kept)]
+        con.execute("CREATE TABLE rows (" + ", ".join(f"{q(n)} {t}" for n, t in columns) + ")")
+        try:
+            for i, (schema_key, group) in enumerate(groups.items()):
+                con.read_parquet([str(f) for f in group], filename=True,
+                                 hive_partitioning=False).create_view(f"parts_{i}")
+                select = normalised_select({**dict(schema_key), "source_file": ""},
+                                           f"(SELECT *, filename AS source_file FROM parts_{i})", kept)
+                con.execute(f"INSERT INTO rows BY NAME {select}")
+                con.execute(f"DROP VIEW parts_{i}")
+            bad += _row_problems(con, full) + [f"{f}: {_verdict(f)}" for f in empty]
+        except Exception as exc:  # noqa: BLE001 (a data page that does not decode)
+            bad += _slow_problems(good, exc)
+    else:
+        bad += [f"{f}: {_verdict(f)}" for f in empty]
     bad += _marker_problems(files, path)
     if bad:
         raise ResultsError(f"{len(bad)} bad result file(s) under {path} (`harness run` or `harness submit "
                            "--resume` moves them to <shard>/_bad/ and computes their rows again):\n  "
                            + "\n  ".join(bad))
-    tables = _with_cell_columns(tables, files)
-    # permissive: older writers may lack optional columns or use narrower integer types.
-    df = pa.concat_tables(tables, promote_options="permissive").to_pandas()
-    if df.empty:
+    if not good:
         raise ResultsError(f"no result rows under {path} ({len(files)} empty file(s))")
-    counts = [t.num_rows for t in tables]
-    df["source_file"] = pd.Categorical.from_codes(
-        np.repeat(np.arange(len(files)), counts), categories=[str(f) for f in files])
-    _check_duplicates(df)
-    _check_cells(df)
-    return df
+    rows = Rows(con, "rows", params if with_params else [], files=files, extra={"file_params": params})
+    _check_duplicates(rows)
+    _check_cells(rows)
+    rows.cells = _cells_table(rows, files, params)
+    _relabel(rows)
+    return rows
+
+
+def _labels(cells: pd.DataFrame) -> pd.DataFrame:
+    """Per cell, the data set's and classifier's labels where they say more than the plugin
+    name (``celebahq(attribute=Smiling)``): two attributes or checkpoints of one plugin are two
+    configurations, never pooled into one number."""
+    from harness.grid import cell_label
+
+    out = []
+    for cell, text in zip(cells["cell"], cells["cell_json"]):
+        try:
+            parsed = json.loads(text) if isinstance(text, str) and text else None
+        except ValueError:
+            parsed = None
+        entry = {"cell": cell}
+        for kind in ("dataset", "classifier"):
+            try:
+                label = cell_label(parsed, kind) if isinstance(parsed, dict) else None
+            except Exception:  # noqa: BLE001 (a plugin not installed here: its name stands)
+                label = None
+            entry[kind] = label if label and label != (parsed or {}).get(kind, {}).get("name") else None
+        out.append(entry)
+    return pd.DataFrame(out, columns=["cell", "dataset", "classifier"])
+
+
+def _relabel(rows: Rows) -> None:
+    """Point ``rows.view`` at a view whose dataset/classifier carry their labels (see _labels),
+    when some cell needs it; the common sweep (plugin defaults) keeps the plain table."""
+    labels = _labels(rows.cells)
+    labels = labels[labels["dataset"].notna() | labels["classifier"].notna()]
+    if labels.empty:
+        return
+    rows.con.register("cell_labels_frame", labels)
+    rows.con.execute("CREATE OR REPLACE TEMP TABLE cell_labels AS SELECT * FROM cell_labels_frame")
+    rows.con.unregister("cell_labels_frame")
+    view = f"{rows.view}_labelled"
+    rows.con.execute(f"""CREATE OR REPLACE TEMP VIEW {view} AS
+        SELECT r.* REPLACE (coalesce(l.dataset, r.dataset) AS dataset,
+                            coalesce(l.classifier, r.classifier) AS classifier)
+        FROM {rows.view} r LEFT JOIN cell_labels l USING (cell)""")
+    rows.view = view
+
+
+def _param_fields(available: dict[str, str]) -> list[tuple[str, str]]:
+    """The parameter columns the files have, with their column types."""
+    from harness.results import ARROW_TYPES
+
+    names = {str(t): n for n, t in ARROW_TYPES.items()}
+    return [(c, names.get(t, "string")) for c, t in sorted(available.items()) if "." in c]
+
+
+def _verdict(f: Path) -> str:
+    from harness.results import read_part
+
+    return read_part(f, required=REQUIRED_COLUMNS)[1].reason or "inconsistent rows"
+
+
+def _row_problems(con: Any, full: set[str]) -> list[str]:
+    """Files of this writer whose rows are not exactly their examples × eval runs. One grouped
+    scan screens every file; the few it suspects are read whole, for read_part's reason."""
+    from harness.results import _PART_RE
+
+    # No DISTINCT aggregate (slow in DuckDB): per (file, example) counts, then per file. Keys
+    # duplicated within a file are found by _check_duplicates' grouped scan and read whole here.
+    stats = con.sql("""
+        WITH fe AS (SELECT source_file, example, count(*) AS c, count(eval_run) AS c_run,
+                           count(eval_runs) AS c_decl, min(eval_runs) AS decl_lo,
+                           max(eval_runs) AS decl_hi, min(eval_run) AS run_min, max(eval_run) AS run_max
+                    FROM rows GROUP BY source_file, example)
+        SELECT source_file, sum(c) AS n, sum(c) FILTER (WHERE example IS NOT NULL) AS n_ex,
+               sum(c_run) AS n_run, sum(c_decl) AS n_decl, min(decl_lo) AS decl,
+               max(decl_hi) AS decl_hi, count(*) AS examples, bool_and(c = decl_lo) AS each_full,
+               min(run_min) AS run_min, max(run_max) AS run_max, min(example) AS first
+        FROM fe GROUP BY source_file""").df()
+    dup_files = set(con.sql("""SELECT DISTINCT source_file FROM (
+        SELECT any_value(source_file) AS source_file FROM rows GROUP BY source_file, cell, example, eval_run
+        HAVING count(*) > 1)""").df()["source_file"])
+    suspects = []
+    for r in stats.itertuples(index=False):
+        if r.source_file not in full:
+            continue
+        m = _PART_RE.match(Path(r.source_file).name)
+        ok = (r.n_ex == r.n and r.n_run == r.n and r.n_decl == r.n and r.decl == r.decl_hi
+              and r.source_file not in dup_files and bool(r.each_full) and r.run_min >= 0
+              and r.run_max < r.decl and r.n == r.examples * r.decl
+              and (m is None or int(m.group(2)) == r.first))
+        if not ok:
+            suspects.append(Path(r.source_file))
+    return [f"{f}: {_verdict(f)}" for f in sorted(suspects)]
+
+
+def _slow_problems(files: list[Path], exc: BaseException) -> list[str]:
+    """A scan failed: read each file whole to name the culprit(s)."""
+    from harness.results import read_part
+
+    found = [f"{f}: {c.reason}" for f in files for c in [read_part(f, required=REQUIRED_COLUMNS)[1]]
+             if not c.ok]
+    return found or [f"result files could not be scanned: {str(exc).splitlines()[0]}"]
+
+
+def _cell_file(directory: Path, cache: dict[Path, dict[str, str] | None]) -> dict[str, str] | None:
+    """The _cell.json of a cell directory, or None."""
+    from harness.results import CELL_FILE, read_cell_file
+
+    if directory not in cache:
+        f = directory / CELL_FILE
+        try:
+            cache[directory] = read_cell_file(f) if f.is_file() else None
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ResultsError(f"{f}: unreadable per-cell file ({exc})") from None
+    return cache[directory]
+
+
+def _telemetry(directory: Path) -> dict[str, float]:
+    """Rows, joules and devices the tasks of one cell directory recorded (NVML, where present)."""
+    tel_rows, energy, energy_rows, gpus = 0, 0.0, 0, set()
+    for f in sorted(directory.glob("shard=*/_telemetry-rank-*.json")):
+        try:
+            doc = json.loads(f.read_text())
+        except (OSError, ValueError):
+            continue  # telemetry never makes a result invalid
+        rows = int(doc.get("rows") or 0)
+        tel_rows += rows
+        if isinstance(doc.get("energy_j"), (int, float)) and math.isfinite(doc["energy_j"]):
+            energy += float(doc["energy_j"])
+            energy_rows += rows
+        if doc.get("gpu"):
+            gpus.add(str(doc["gpu"]))
+    return {"telemetry_rows": tel_rows, "energy_j": energy if energy_rows else math.nan,
+            "energy_rows": energy_rows, "gpu": ",".join(sorted(gpus)) or None}
+
+
+def _cells_table(rows: Rows, files: list[Path], params: list[tuple[str, str]]) -> pd.DataFrame:
+    """One row per cell: cell JSON and assets (from its _cell.json, or from the rows of files
+    written before it existed), whether rows mix asset files, parameter values, telemetry."""
+    on_rows = rows.df("""SELECT cell, any_value(cell_json) AS cell_json, any_value(assets) AS assets,
+                                1 + coalesce(min(assets) <> max(assets), false)::INT AS asset_kinds
+                         FROM rows GROUP BY cell""").set_index("cell")
+    cache: dict[Path, dict[str, str] | None] = {}
+    dirs: dict[str, Path] = {}
+    for f in files:  # cell=<hash>/shard=<k>/part
+        d = f.parent.parent
+        if d.name.startswith("cell="):
+            dirs.setdefault(d.name[5:], d)
+    # rows under a cell directory must be that cell's (one hash, one configuration)
+    placed = rows.df("SELECT source_file, min(cell) AS lo, max(cell) AS hi FROM rows GROUP BY source_file")
+    for r in placed.itertuples(index=False):
+        d = Path(r.source_file).parent.parent
+        meta = _cell_file(d, cache) if d.name.startswith("cell=") else None
+        if meta is not None and not (r.lo == r.hi == meta["cell"]):
+            found = sorted({r.lo, r.hi})
+            raise ResultsError(f"{r.source_file}: rows of cell(s) {', '.join(found)} under the "
+                               f"_cell.json of cell {meta['cell']}")
+    records = []
+    for cell, r in on_rows.iterrows():
+        d = dirs.get(str(cell))
+        meta = _cell_file(d, cache) if d is not None else None
+        cell_json = r["cell_json"] if isinstance(r["cell_json"], str) else (meta or {}).get("cell_json")
+        assets = r["assets"] if isinstance(r["assets"], str) else (meta or {}).get("assets")
+        records.append({"cell": cell, "cell_json": cell_json, "assets": assets,
+                        "mixed_assets": int(r["asset_kinds"]) > 1,
+                        **(_telemetry(d) if d is not None else _telemetry(Path("/nonexistent")))})
+    cells = pd.DataFrame.from_records(records, columns=[
+        "cell", "cell_json", "assets", "mixed_assets", "telemetry_rows", "energy_j", "energy_rows", "gpu"])
+    return _with_params(cells, params)
+
+
+def _with_params(cells: pd.DataFrame, have: list[tuple[str, str]]) -> pd.DataFrame:
+    """``cells`` with a column per parameter (the plan's union over these cells, from their JSON;
+    columns the rows carry come first, so both layouts give the same columns) and data_seed."""
+    from harness.results import param_fields, param_values
+
+    parsed = []
+    for c in cells["cell_json"]:
+        try:
+            cell = json.loads(c) if isinstance(c, str) and c else {}
+        except ValueError:
+            cell = {}
+        parsed.append(cell if isinstance(cell, dict) else {})
+    fields = dict(have)
+    fields.update({n: t for n, t in param_fields([p for p in parsed if p])} if any(parsed) else {})
+    values = [param_values(p, list(fields.items())) for p in parsed]
+    out = cells.copy()
+    for name in fields:
+        out[name] = [v[name] for v in values]
+    out["data_seed"] = [p.get("data_seed") for p in parsed]
+    out.attrs["params"] = list(fields.items())
+    return out
+
+
+def as_rows(data: pd.DataFrame | Rows) -> Rows:
+    """Rows over a DataFrame (tests, small inputs) or the Rows of :func:`open_results`."""
+    if isinstance(data, Rows):
+        return data
+    rows = from_frame(data)
+    if rows.cells is None:
+        rows.cells = _frame_cells(data, rows)
+        _relabel(rows)
+    return rows
+
+
+def _frame_cells(df: pd.DataFrame, rows: Rows) -> pd.DataFrame:
+    cells = rows.df("""SELECT cell, any_value(cell_json) AS cell_json, any_value(assets) AS assets,
+                              coalesce(min(assets) <> max(assets), false) AS mixed_assets
+                       FROM rows GROUP BY cell""")
+    cells["telemetry_rows"], cells["energy_j"], cells["energy_rows"], cells["gpu"] = 0, math.nan, 0, None
+    return _with_params(cells, rows.params)
+
+
+def load_results(path: str | os.PathLike[str]) -> pd.DataFrame:
+    """Every result row under ``path`` as one DataFrame (validated as by :func:`open_results`),
+    with ``cell_json``/``assets`` and the parameter columns re-attached from each cell (categorical
+    ``cell_json``, ``assets`` and ``source_file``). Materialises all rows: for tests and small
+    sweeps; `harness report` aggregates out of core instead."""
+    rows = open_results(path, with_params=True)
+    df = rows.df(f"SELECT * FROM {rows.view}")
+    cells = rows.cells.set_index("cell")
+    for col in ("cell_json", "assets"):
+        df[col] = df[col].where(df[col].notna(), df["cell"].map(cells[col]))
+    dtypes = {"int64": "Int64", "float64": "float64", "bool": "boolean"}
+    for name, typ in [*cells.attrs["params"], ("data_seed", "int64")]:
+        derived = df["cell"].map(cells[name]).astype(object)
+        have = df[name].astype(object) if name in df.columns else derived
+        merged = have.where(have.notna(), derived)
+        df[name] = merged.astype(dtypes[typ]) if typ in dtypes else merged
+    for col in ("cell_json", "assets", "source_file"):
+        df[col] = pd.Categorical(df[col])
+    drop = [c for c in ("nonfinite_row",) if df[c].isna().all()]
+    return df.drop(columns=drop).sort_values(["source_file", "cell", "example", "eval_run"],
+                                             kind="stable").reset_index(drop=True)
+
+
+def _check_duplicates(rows: Rows) -> None:
+    dup = rows.df(f"""SELECT cell, example, eval_run, count(*) AS k,
+                             list(DISTINCT source_file ORDER BY source_file) AS files
+                      FROM {rows.view} GROUP BY cell, example, eval_run HAVING count(*) > 1
+                      ORDER BY cell, example, eval_run""")
+    if dup.empty:
+        return
+    parts = []
+    for cell, g in list(dup.groupby("cell", sort=True))[:3]:
+        first = g.iloc[0]
+        files = ", ".join(sorted({Path(str(s)).name for s in first["files"]}))
+        parts.append(f"cell {cell}: {len(g)} (example, eval_run) key(s) appear more than once, "
+                     f"e.g. example {first['example']} run {first['eval_run']} in {files}")
+    more = dup["cell"].nunique() - len(parts)
+    tail = f"; and {more} more cell(s)" if more > 0 else ""
+    raise ResultsError("duplicate result rows (a writer or resume bug): " + "; ".join(parts) + tail)
+
+
+def _check_cells(rows: Rows) -> None:
+    # 2 where the cell's rows hold two values, or a value and a null (no DISTINCT: slow in DuckDB)
+    spread = rows.df("SELECT cell, " + ", ".join(
+        f"(min({q(c)}) IS DISTINCT FROM max({q(c)}))::INT + (count({q(c)}) BETWEEN 1 AND count(*) - 1)::INT "
+        f"+ 1 AS {q(c)}" for c in _CELL_CONSTANT) + f" FROM {rows.view} GROUP BY cell ORDER BY cell")
+    spread = spread.set_index("cell")
+    bad = spread[(spread > 1).any(axis=1)]
+    if not bad.empty:
+        cell = bad.index[0]
+        cols = [c for c in _CELL_CONSTANT if bad.loc[cell, c] > 1]
+        raise ResultsError(f"cell {cell}: rows disagree on {', '.join(cols)} "
+                           "(one content hash must mean one configuration)")
 
 
 def _marker_problems(files: list[Path], path: str | os.PathLike[str]) -> list[str]:
@@ -142,123 +443,17 @@ def _marker_problems(files: list[Path], path: str | os.PathLike[str]) -> list[st
     return out
 
 
-# ---------------------------------------------------------------- per-cell columns
+# ---------------------------------------------------------------- the statistics, in SQL
 
-def _cell_file(part: Path, cache: dict[Path, dict[str, str] | None]) -> dict[str, str] | None:
-    """The _cell.json of the cell directory holding ``part`` (cell=<hash>/shard=<k>/part), or None."""
-    from harness.results import CELL_FILE, read_cell_file
-
-    d = part.parent.parent
-    if d not in cache:
-        f = d / CELL_FILE
-        try:
-            cache[d] = read_cell_file(f) if f.is_file() else None
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise ResultsError(f"{f}: unreadable per-cell file ({exc})") from None
-    return cache[d]
-
-
-def _constant(value: str | None, n: int) -> pa.Array:
-    """``n`` copies of one string as a dictionary array (one dictionary entry, small in memory)."""
-    return pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, dtype=np.int32)), pa.array([value], pa.string()))
-
-
-def _derived_params(tables: list[pa.Table]) -> list[tuple[str, str]]:
-    """Parameter columns of rows written before they existed: from their cells' JSON."""
-    from harness.results import param_fields
-
-    cells = set()
-    for t in tables:
-        if "cell_json" in t.column_names and not any("." in c for c in t.column_names):
-            cells.update(v for v in t.column("cell_json").unique().to_pylist() if v)
-    parsed = []
-    for c in sorted(cells):
-        try:
-            cell = json.loads(c)
-        except ValueError:
-            continue
-        if isinstance(cell, dict):
-            parsed.append(cell)
-    return param_fields(parsed) if parsed else []
-
-
-def _with_cell_columns(tables: list[pa.Table], files: list[Path]) -> list[pa.Table]:
-    """Every table with ``cell_json`` and ``assets`` as dictionary columns (from its cell's
-    _cell.json where the rows lack them) and, for rows older than the parameter columns, those
-    columns and ``data_seed`` derived from ``cell_json``."""
-    from harness.results import ARROW_TYPES, CELL_COLUMNS, param_values
-
-    cache: dict[Path, dict[str, str] | None] = {}
-    derived = _derived_params(tables)
-    out = []
-    for table, f in zip(tables, files):
-        n = table.num_rows
-        has_params = any("." in c for c in table.column_names)
-        if "cell_json" not in table.column_names:
-            meta = _cell_file(f, cache)
-            if meta is not None:
-                cells = set(table.column("cell").unique().to_pylist())
-                if cells - {meta["cell"]}:
-                    raise ResultsError(f"{f}: rows of cell(s) {', '.join(sorted(cells))} under the "
-                                       f"_cell.json of cell {meta['cell']}")
-            for col in CELL_COLUMNS:
-                table = table.append_column(col, _constant(meta[col] if meta else None, n))
-        else:  # an older writer's rows: the same strings on every row, dictionary-encoded here
-            for col in CELL_COLUMNS:
-                if col in table.column_names:
-                    i = table.column_names.index(col)
-                    encoded = table.column(col).cast(pa.string()).combine_chunks().dictionary_encode()
-                    table = table.set_column(i, col, encoded)
-        wanted = [*([] if has_params else derived),
-                  *([] if "data_seed" in table.column_names else [("data_seed", "int64")])]
-        if wanted and "cell_json" in table.column_names:
-            codes = table.column("cell_json").chunk(0)
-            per_cell: list[dict[str, Any]] = []
-            for c in codes.dictionary.to_pylist():
-                try:
-                    cell = json.loads(c) if c else {}
-                except ValueError:
-                    cell = {}
-                cell = cell if isinstance(cell, dict) else {}
-                per_cell.append({**param_values(cell, derived), "data_seed": cell.get("data_seed")})
-            for name, typ in wanted:
-                values = pa.array([v[name] for v in per_cell], ARROW_TYPES[typ])
-                table = table.append_column(name, values.take(codes.indices))
-        out.append(table)
-    return out
-
-
-def _check_duplicates(df: pd.DataFrame) -> None:
-    dup = df[df.duplicated(list(ROW_KEY), keep=False)]
-    if dup.empty:
-        return
-    parts = []
-    for cell, rows in list(dup.groupby("cell", sort=True))[:3]:
-        keys = rows.drop_duplicates(list(ROW_KEY))
-        first = keys.iloc[0]
-        same = rows[(rows["example"] == first["example"]) & (rows["eval_run"] == first["eval_run"])]
-        files = ", ".join(sorted({Path(str(s)).name for s in same["source_file"]}))
-        parts.append(f"cell {cell}: {len(keys)} (example, eval_run) key(s) appear more than once, "
-                     f"e.g. example {first['example']} run {first['eval_run']} in {files}")
-    more = dup["cell"].nunique() - len(parts)
-    tail = f"; and {more} more cell(s)" if more > 0 else ""
-    raise ResultsError("duplicate result rows (a writer or resume bug): "
-                       + "; ".join(parts) + tail)
-
-
-def _check_cells(df: pd.DataFrame) -> None:
-    spread = df.groupby("cell", sort=True)[list(_CELL_CONSTANT)].nunique(dropna=False)
-    bad = spread[(spread > 1).any(axis=1)]
-    if not bad.empty:
-        cell = bad.index[0]
-        cols = [c for c in _CELL_CONSTANT if bad.loc[cell, c] > 1]
-        raise ResultsError(f"cell {cell}: rows disagree on {', '.join(cols)} "
-                           "(one content hash must mean one configuration)")
+#: A row's failure: a -1 prediction, or one carried in by a worst-of row.
+_NONFINITE_SQL = (f"(adv_pred = {NONFINITE_PRED} OR coalesce(clean_pred = {NONFINITE_PRED}, false) "
+                  "OR coalesce(nonfinite_row, false))")
 
 
 def with_failures(df: pd.DataFrame) -> pd.DataFrame:
     """``df`` with a boolean ``nonfinite_row`` (a -1 clean or adversarial prediction, or one
-    carried in by a worst-of row) and ``grad_nonfinite`` filled with 0 where absent."""
+    carried in by a worst-of row) and ``grad_nonfinite`` filled with 0 where absent (the SQL
+    of the report computes the same, :data:`_NONFINITE_SQL`)."""
     bad = df["adv_pred"] == NONFINITE_PRED
     if "clean_pred" in df.columns:
         bad = bad | (df["clean_pred"] == NONFINITE_PRED)
@@ -269,43 +464,224 @@ def with_failures(df: pd.DataFrame) -> pd.DataFrame:
     return df.assign(**{ROW_NONFINITE: bad.to_numpy(), "grad_nonfinite": grad.astype("int64")})
 
 
-def _majority_vote(df: pd.DataFrame) -> pd.Series:
-    """Most frequent adv_pred per (cell, example); ties go to the smallest class index.
+def _per_example_sql(src: str) -> str:
+    """One row per (cell, example): the per-example numbers, the sums the group statistics and
+    validity checks need, and the majority vote. A non-finite prediction (-1) is a failure, not
+    a class: it is never correct, and a tie between the failures and a class goes to the
+    failures (the vote key ranks -1 above every class at equal counts); other ties go to the
+    smallest class index."""
+    return f"""
+    WITH r AS (SELECT *, {_NONFINITE_SQL} AS nf, coalesce(grad_nonfinite, 0) AS g FROM {src}),
+    votes AS (SELECT cell, example, adv_pred, count(*) AS k FROM r GROUP BY cell, example, adv_pred),
+    vote AS (SELECT cell, example, arg_max(adv_pred, k * 4294967296 - adv_pred) AS vote
+             FROM votes GROUP BY cell, example),
+    ex AS (
+      SELECT cell, example, any_value(y) AS y, any_value(coalesce(data_index, example)) AS image,
+             avg(clean_correct::DOUBLE) AS clean, avg(adv_correct::DOUBLE) AS robust_mean,
+             bool_and(adv_correct) AS robust_worst, count(*) AS runs_seen,  -- keys are unique
+             sum(nf::BIGINT) AS nonfinite, max(g) AS grad_nonfinite,
+             count(*) AS n_rows, sum(nfe) AS nfe_sum, sum(time_s) AS time_sum,
+             sum(grad_evals) AS grad_sum, count(grad_evals) AS grad_rows,
+             coalesce(min(clean_pred) <> max(clean_pred), false)
+               OR min(adv_pred) <> max(adv_pred) AS varies,
+             sum(perturbation) FILTER (WHERE adv_correct) AS pert_sum,
+             count(perturbation) FILTER (WHERE adv_correct) AS pert_rows,
+             sum(adv_correct::BIGINT) AS robust_rows, bool_or(found_by IS NOT NULL) AS found_by,
+             bool_or(grad_nonfinite IS NOT NULL) AS grad_recorded
+      FROM r GROUP BY cell, example)
+    SELECT ex.*, (vote.vote = ex.y AND vote.vote <> {NONFINITE_PRED}) AS robust_vote
+    FROM ex JOIN vote USING (cell, example)"""
 
-    A non-finite prediction (-1) is a failure, not a class: it can never be the correct
-    answer, and a tie between the failures and a class goes to the failures (a vote that is
-    at best tied with failed purifications is no majority for the true class).
-    """
-    failed = df["adv_pred"] == NONFINITE_PRED
-    # 0 for failures, 1 for classes: sorting on it puts the failures first among equal counts
-    votes = df.assign(_is_class=(~failed).astype(int))
-    counts = (votes.groupby(["cell", "example", "_is_class", "adv_pred"], sort=False).size()
-              .rename("k").reset_index())
-    counts = counts.sort_values(["cell", "example", "k", "_is_class", "adv_pred"],
-                                ascending=[True, True, False, True, True])
-    return counts.drop_duplicates(["cell", "example"]).set_index(["cell", "example"])["adv_pred"]
+
+def _cell_constants_sql(src: str) -> str:
+    return f"""SELECT cell, any_value(sweep) AS sweep, {', '.join(f'any_value({q(c)}) AS {q(c)}' for c in _CELL_CONSTANT)},
+                      any_value(purifier) AS purifier, any_value(attack) AS attack, any_value(seed) AS seed
+               FROM {src} GROUP BY cell"""
 
 
-def per_example(df: pd.DataFrame) -> pd.DataFrame:
+@dataclass
+class Aggregate:
+    """What one out-of-core pass over the rows gives: the summary (one row per GROUP_KEYS), the
+    per-group facts the validity checks read (``info``), per cell (``cells``: examples ``seen``,
+    ``all_runs``, ``planned``, ``complete``, cost sums, telemetry, its constants) and totals."""
+
+    summary: pd.DataFrame
+    info: pd.DataFrame
+    cells: pd.DataFrame
+    totals: dict[str, Any]
+
+
+def _materialise(rows: Rows, src: str, tag: str) -> tuple[str, str]:
+    """Per-example and per-cell tables of ``src`` (temporary; DuckDB spills them when large)."""
+    ex, cc = f"ex_{tag}", f"cc_{tag}"
+    rows.con.execute(f"CREATE OR REPLACE TEMP TABLE {ex} AS {_per_example_sql(src)}")
+    keys = ", ".join(q(k) for k in GROUP_KEYS)
+    rows.con.execute(f"""CREATE OR REPLACE TEMP TABLE {cc} AS
+        SELECT *, dense_rank() OVER (ORDER BY {keys}) AS gid FROM ({_cell_constants_sql(src)})""")
+    return ex, cc
+
+
+def aggregate(data: pd.DataFrame | Rows, worst_of: bool = True, z: float = 1.96) -> Aggregate:
+    """Summary, validity facts, completeness and totals of the rows (with worst-of rows over
+    attacks when ``worst_of``), computed out of core; see :func:`summarise` for the numbers."""
+    rows = as_rows(data)
+    src = rows.view
+    if worst_of:
+        worst = _worst_sql(rows)
+        if worst is not None:
+            src = f"(SELECT * FROM {rows.view} UNION ALL BY NAME {worst})"
+    ex, cc = _materialise(rows, src, "all")
+    keys = list(GROUP_KEYS)
+    per_cell = rows.df(f"""
+        SELECT e.cell, any_value(c.gid) AS gid, count(*) AS seen,
+               sum((e.runs_seen >= c.eval_runs)::BIGINT) AS all_runs,
+               any_value(c.cell_examples) AS planned, any_value(c.eval_runs) AS eval_runs,
+               sum(e.n_rows) AS rows, sum(e.nfe_sum) AS nfe_sum, sum(e.time_sum) AS time_s,
+               sum(e.grad_sum) AS grad_sum, sum(e.grad_rows) AS grad_rows
+        FROM {ex} e JOIN {cc} c USING (cell) GROUP BY e.cell""")
+    per_cell["complete"] = (per_cell["seen"] == per_cell["planned"]) & (per_cell["all_runs"] == per_cell["planned"])
+    groups = rows.df(f"""
+        WITH e AS (SELECT e.*, c.gid FROM {ex} e JOIN {cc} c USING (cell)),
+        img AS (SELECT gid, image, sum(robust_mean) AS t, count(*) AS m FROM e GROUP BY gid, image),
+        ratio AS (SELECT gid, sum(t) / sum(m) AS r, count(*) AS k, sum(m) AS m_sum,
+                         bool_and(t = 0 OR t = m) AS all01 FROM img GROUP BY gid),
+        spread AS (SELECT img.gid, sum((t - r * m) * (t - r * m)) AS squares
+                   FROM img JOIN ratio USING (gid) GROUP BY img.gid),
+        g AS (SELECT gid, count(*) AS cell_n,
+                     avg(clean) AS clean, avg(robust_mean) AS robust_mean,
+                     avg(robust_vote::DOUBLE) AS robust_vote, avg(robust_worst::DOUBLE) AS robust_worst,
+                     sum(nonfinite) AS nonfinite, sum(grad_nonfinite) AS grad_nonfinite,
+                     count_if(grad_nonfinite > 0) AS grad_nonfinite_examples,
+                     sum(n_rows) AS rows, sum(nfe_sum) / sum(n_rows) AS nfe, sum(time_sum) AS time_s,
+                     sum(grad_sum) / nullif(sum(grad_rows), 0) AS grad_evals,
+                     bool_or(varies) AS random_seen,
+                     sum(pert_sum) / nullif(sum(pert_rows), 0) AS pert_robust,
+                     sum(robust_rows) AS robust_rows, bool_or(found_by) AS found_by,
+                     bool_or(grad_recorded) AS grad_recorded
+              FROM e GROUP BY gid)
+        SELECT *, k AS n FROM g JOIN ratio USING (gid) JOIN spread USING (gid) ORDER BY gid""")
+    consts = rows.df(f"""SELECT gid, {', '.join(f'any_value({q(k)}) AS {q(k)}' for k in keys)},
+                                any_value(purifier) AS purifier, any_value(attack) AS attack,
+                                count(*) AS cells, string_agg(DISTINCT sweep, ',' ORDER BY sweep) AS sweeps
+                         FROM {cc} GROUP BY gid""").set_index("gid")
+    devices = rows.df(f"SELECT DISTINCT cell, device FROM {src}").merge(rows.df(f"SELECT cell, gid FROM {cc}"), on="cell")
+    consts["devices"] = devices.dropna().groupby("gid")["device"].agg(lambda v: sorted(set(v)))
+    cell_gid = rows.df(f"SELECT cell, gid FROM {cc}")
+    summary = _summary_frame(groups, consts, per_cell, rows.cells, cell_gid, z)
+    info = _info_frame(groups, consts, rows.cells, cell_gid)
+    totals = sweep_totals(rows)
+    constants = rows.df(f"SELECT * EXCLUDE (gid, cell_examples, eval_runs) FROM {cc}")
+    constants["device"] = constants["cell"].map(devices.dropna().groupby("cell")["device"].agg(
+        lambda v: ",".join(sorted(set(v)))))
+    per_cell = per_cell.merge(constants, on="cell")
+    if rows.cells is not None:
+        per_cell = per_cell.merge(rows.cells[["cell", "energy_j", "energy_rows", "gpu"]], on="cell", how="left")
+    for t in (ex, cc):
+        rows.con.execute(f"DROP TABLE IF EXISTS {t}")
+    return Aggregate(summary, info, per_cell, totals)
+
+
+def sweep_totals(data: pd.DataFrame | Rows) -> dict[str, Any]:
+    """Rows, files, sweeps, cells, the distinct provenance values, and the cells whose rows mix
+    asset files (a checkpoint replaced and re-staged mid-sweep)."""
+    rows = as_rows(data)
+    seen = rows.df(f"""SELECT sweep, cell, source_file, harness_version, git_rev, torch_version, device,
+                              count(*) AS n
+                       FROM {rows.view} GROUP BY ALL""")
+    out: dict[str, Any] = {"rows": int(seen["n"].sum()), "files": seen["source_file"].nunique(),
+                           "sweeps": seen["sweep"].nunique(), "cells": seen["cell"].nunique()}
+    for k in ("harness_version", "git_rev", "torch_version", "device"):
+        out[k] = sorted(seen[k].dropna().unique())
+    cells = rows.cells
+    out["mixed_assets"] = sorted(cells.loc[cells["mixed_assets"].astype(bool), "cell"]) if cells is not None else []
+    return out
+
+
+def _summary_frame(groups: pd.DataFrame, consts: pd.DataFrame, per_cell: pd.DataFrame,
+                   cells: pd.DataFrame | None, cell_gid: pd.DataFrame, z: float) -> pd.DataFrame:
+    planned = per_cell.groupby("gid").agg(cell_examples=("planned", "sum"), complete=("complete", "all"),
+                                          runs=("eval_runs", "min"))
+    out = groups.join(consts, on="gid").join(planned, on="gid")
+    lo_hi = [interval_from_clusters(float(r.r), int(r.k), float(r.squares), float(r.m_sum), bool(r.all01), z)
+             for r in out.itertuples(index=False)]
+    out["ci_lo"] = [a for a, _ in lo_hi]
+    out["ci_hi"] = [b for _, b in lo_hi]
+    for c in ("cells", "n", "cell_n", "cell_examples", "runs", "rows", "nonfinite", "grad_nonfinite",
+              "grad_nonfinite_examples"):
+        out[c] = out[c].astype("int64")
+    out["complete"] = out["complete"].astype(bool)
+    out["s_per_row"] = out["time_s"] / out["rows"]
+    out["devices"] = [",".join(v) if isinstance(v, list) else "" for v in out["devices"]]
+    energy = _group_energy(cells, cell_gid)
+    out = out.join(energy, on="gid")
+    out = out.join(_group_params(cells, cell_gid), on="gid")
+    extra = ["purifier", "attack", "grad_evals", "s_per_row", "energy_j", "j_per_row", "devices"]
+    params = [c for c in out.columns if "." in c]
+    return _sort(out[[*SUMMARY_COLUMNS, *extra, *params]])
+
+
+def _group_energy(cells: pd.DataFrame | None, cell_gid: pd.DataFrame) -> pd.DataFrame:
+    """Joules per group and per row from the cells' NVML telemetry (NaN without any)."""
+    if cells is None or cells.empty:
+        return pd.DataFrame(columns=["energy_j", "j_per_row"], index=pd.Index([], name="gid"))
+    c = cell_gid.merge(cells[["cell", "energy_j", "energy_rows"]], on="cell", how="left")
+    g = c.groupby("gid").agg(energy_j=("energy_j", lambda s: s.sum(min_count=1)),
+                             energy_rows=("energy_rows", "sum"))
+    g["j_per_row"] = g["energy_j"] / g["energy_rows"].where(g["energy_rows"] > 0)
+    return g[["energy_j", "j_per_row"]]
+
+
+def _hashable(v: Any) -> Any:
+    return tuple(v) if isinstance(v, (list, np.ndarray)) else v
+
+
+def _group_params(cells: pd.DataFrame | None, cell_gid: pd.DataFrame) -> pd.DataFrame:
+    """Each parameter column's value per group, where all its cells agree (else None)."""
+    names = [n for n, _ in (cells.attrs.get("params", []) if cells is not None else [])]
+    if not names:
+        return pd.DataFrame(index=pd.Index([], name="gid"))
+    c = cell_gid.merge(cells[["cell", *names]], on="cell", how="left")
+    out = {}
+    for gid, g in c.groupby("gid", sort=True):
+        row = {}
+        for n in names:
+            values = {_hashable(v) for v in g[n] if v is not None and not (isinstance(v, float) and math.isnan(v))}
+            row[n] = next(iter(values)) if len(values) == 1 else None
+            if isinstance(row[n], tuple):
+                row[n] = list(row[n])
+        out[gid] = row
+    frame = pd.DataFrame.from_dict(out, orient="index", columns=names)
+    frame.index.name = "gid"
+    return frame
+
+
+def _info_frame(groups: pd.DataFrame, consts: pd.DataFrame, cells: pd.DataFrame | None,
+                cell_gid: pd.DataFrame) -> pd.DataFrame:
+    """Per group, what the validity checks read: plugin names, the attack's parameters (from a
+    cell's JSON), randomness seen, mean perturbation on robust rows. Worst-of groups (synthetic
+    cells) carry none of it, as they never had a plugin of their own."""
+    keys = list(GROUP_KEYS)
+    info = groups[["gid", "random_seen", "pert_robust", "robust_rows", "found_by", "grad_recorded"]].join(
+        consts[[*keys, "purifier", "attack"]], on="gid")
+    first_json = (cell_gid.merge(cells[["cell", "cell_json"]], on="cell", how="left")
+                  .sort_values("cell").groupby("gid")["cell_json"].first()) if cells is not None else None
+    info["cell_json"] = info["gid"].map(first_json) if first_json is not None else None
+    worst = info["attack"].astype(str) == WORST_OF
+    for c in ("purifier", "attack", "cell_json", "pert_robust"):
+        info[c] = info[c].astype(object).where(~worst, None)
+    return info.drop(columns=["gid"])
+
+
+def per_example(df: pd.DataFrame | Rows) -> pd.DataFrame:
     """One row per (cell, example): mean clean/adv correctness over runs, vote, worst case, the
     image it shows (``image``), its non-finite rows and its attack's non-finite gradients."""
-    df = with_failures(df)
-    image = (df["data_index"].fillna(df["example"]) if "data_index" in df.columns
-             else df["example"]).astype("int64")
-    ex = df.assign(_image=image).groupby(["cell", "example"], sort=True).agg(
-        y=("y", "first"),
-        image=("_image", "first"),
-        clean=("clean_correct", "mean"),
-        robust_mean=("adv_correct", "mean"),
-        robust_worst=("adv_correct", "all"),
-        runs_seen=("eval_run", "nunique"),
-        nonfinite=(ROW_NONFINITE, "sum"),
-        grad_nonfinite=("grad_nonfinite", "max"),  # one count per example, repeated over runs
-    )
-    vote = _majority_vote(df).reindex(ex.index)
-    ex["robust_vote"] = (vote.to_numpy() == ex["y"].to_numpy()) & (vote.to_numpy() != NONFINITE_PRED)
-    cells = df.groupby("cell", sort=False)[list(_CELL_CONSTANT) + ["sweep"]].first()
-    return ex.reset_index().join(cells, on="cell")
+    rows = as_rows(df)
+    ex, cc = _materialise(rows, rows.view, "pe")
+    out = rows.df(f"""SELECT e.cell, e.example, e.y, e.image, e.clean, e.robust_mean, e.robust_worst,
+                             e.runs_seen, e.nonfinite, e.grad_nonfinite, e.robust_vote,
+                             {', '.join(f'c.{q(k)}' for k in _CELL_CONSTANT)}, c.sweep
+                      FROM {ex} e JOIN {cc} c USING (cell) ORDER BY e.cell, e.example""")
+    return out
 
 
 def _sort(frame: pd.DataFrame) -> pd.DataFrame:
@@ -318,109 +694,83 @@ def _sort(frame: pd.DataFrame) -> pd.DataFrame:
             .drop(columns=list(helpers)).reset_index(drop=True))
 
 
-def summarise(df: pd.DataFrame, z: float = 1.96) -> pd.DataFrame:
-    """One row per (dataset, threat, eps, attack_label, classifier, label); see SUMMARY_COLUMNS.
+def summarise(df: pd.DataFrame | Rows, z: float = 1.96) -> pd.DataFrame:
+    """One row per (dataset, threat, eps, attack_label, classifier, label); see SUMMARY_COLUMNS,
+    then ``purifier``, ``attack``, the cost columns (``grad_evals`` and ``s_per_row`` per row,
+    ``energy_j`` and ``j_per_row`` from NVML telemetry where recorded, ``devices``) and each
+    parameter column's value where the group's cells agree.
 
     Accuracies weight every (cell, example) equally (mean over them of the per-example mean
     over runs), so an example with a missing run is not under-weighted. ``complete`` is true
     only when every cell in the group has all ``cell_examples`` examples, each with all
     ``eval_runs`` runs. ``ci_lo``/``ci_hi`` bound ``robust_mean`` clustered by image
-    (:func:`analysis.stats.clustered_interval`), however many seeds, cells or runs are
-    pooled; ``n`` is the number of images. ``nfe`` is the mean per row (one purification),
-    ``time_s`` the total over rows.
+    (:func:`analysis.stats.clustered_interval`, from per-image sums), however many seeds, cells
+    or runs are pooled; ``n`` is the number of images. ``nfe`` is the mean per row (one
+    purification), ``time_s`` the total over rows.
     """
-    keys = list(GROUP_KEYS)
-    ex = per_example(df)
-    ex["full"] = ex["runs_seen"] >= ex["eval_runs"]
-    per_cell = ex.groupby("cell", sort=False).agg(
-        n=("example", "size"), n_full=("full", "sum"),
-        cell_examples=("cell_examples", "first"), eval_runs=("eval_runs", "first"))
-    per_cell["complete"] = ((per_cell["n"] == per_cell["cell_examples"])
-                            & (per_cell["n_full"] == per_cell["cell_examples"]))
-    ex = ex.join(per_cell["complete"], on="cell")
-    row_stats = df.groupby(keys, sort=False, dropna=False).agg(
-        rows=("example", "size"), nfe=("nfe", "mean"), time_s=("time_s", "sum")).reset_index()
-
-    records = []
-    for key, g in ex.groupby(keys, sort=False, dropna=False):
-        planned = per_cell.loc[g["cell"].unique()]
-        # the interval function exactly as tests/test_coverage.py checks it
-        lo, hi = clustered_interval(g["robust_mean"].to_numpy(), g["image"].to_numpy(), z)
-        records.append({
-            **dict(zip(keys, key)),
-            "cells": len(planned),
-            "n": int(g["image"].nunique()),
-            "cell_n": len(g),
-            "cell_examples": int(planned["cell_examples"].sum()),
-            "complete": bool(planned["complete"].all()),
-            # Cells pooled in one group normally share eval_runs; if not, report the fewest.
-            "runs": int(planned["eval_runs"].min()),
-            "clean": float(g["clean"].mean()),
-            "robust_mean": float(g["robust_mean"].mean()),
-            "ci_lo": lo,
-            "ci_hi": hi,
-            "robust_vote": float(g["robust_vote"].mean()),
-            "robust_worst": float(g["robust_worst"].mean()),
-            "nonfinite": int(g["nonfinite"].sum()),
-            "grad_nonfinite": int(g["grad_nonfinite"].sum()),
-            "grad_nonfinite_examples": int((g["grad_nonfinite"] > 0).sum()),
-            "sweeps": ",".join(sorted(map(str, g["sweep"].unique()))),
-        })
-    out = pd.DataFrame.from_records(records).merge(row_stats, on=keys, how="left")
-    return _sort(out[list(SUMMARY_COLUMNS)])
+    return aggregate(df, worst_of=False, z=z).summary
 
 
 WORST_OF = "worst-of"
 
 
-def with_worst_over_attacks(df: pd.DataFrame) -> pd.DataFrame:
-    """Append, for every defence attacked by two or more attacks at the same threat and eps,
-    rows of a synthetic attack `worst-of[a | b | ...]`: an example counts as robust in
-    evaluation run r only if it is robust under every attack in run r (as DiffPure reports
-    min(AutoAttack standard, rand), but per example, which is never weaker).
-
-    Only examples and runs present under every attack are combined; the synthetic cells are
-    marked complete only when each constituent is. A non-finite prediction under any attack
-    marks the combined row (``nonfinite_row``); the attacks' non-finite gradients add up.
-    """
-    df = with_failures(df)
-    attacked = df[df["attack"].astype(str) != "none"]
+def _worst_sql(rows: Rows) -> str | None:
+    """SQL of the worst-of rows of ``rows`` (None when no defence met two attacks): for every
+    defence attacked by two or more attacks at the same threat and eps (and sweep, seed), an
+    example counts as robust in evaluation run r only if it is robust under every attack in run
+    r (as DiffPure reports min(AutoAttack standard, rand), but per example, which is never
+    weaker). Only examples and runs present under every attack are combined; the synthetic
+    cells' planned examples and runs are their constituents' fewest. The prediction is the first
+    (by label) attack's that fooled it; failures (non-finite) and costs add up."""
     keys = ["sweep", "dataset", "classifier", "label", "threat", "eps", "seed"]
-    keys = [k for k in keys if k in attacked.columns]
-    out = []
-    for key, g in attacked.groupby(keys, sort=False, dropna=False):
-        labels = sorted(g["attack_label"].unique())
-        if len(labels) < 2:
-            continue
-        per = [g[g["attack_label"] == a].set_index(["example", "eval_run"]) for a in labels]
-        common = per[0].index
-        for p in per[1:]:
-            common = common.intersection(p.index)
-        if common.empty:
-            continue
-        first = per[0].loc[common]
-        robust = pd.concat([p.loc[common, "adv_correct"] for p in per], axis=1).all(axis=1)
-        # the prediction of the first attack that fooled it (or the shared one when none did)
-        adv_pred = first["adv_pred"].copy()
-        for p in reversed(per):
-            fooled = ~p.loc[common, "adv_correct"]
-            adv_pred[fooled] = p.loc[common, "adv_pred"][fooled]
-        cells = sorted(g["cell"].unique())
-        rows = first.reset_index()
-        rows["adv_correct"] = robust.to_numpy()
-        rows["adv_pred"] = adv_pred.to_numpy()
-        rows["attack"] = WORST_OF
-        rows["attack_label"] = f"{WORST_OF}[{' | '.join(labels)}]"
-        rows["cell"] = "worst:" + "+".join(c[:8] for c in cells)
-        rows["cell_json"] = "{}"
-        for c in [c for c in rows.columns if c.startswith("attack.")]:  # several attacks: none of theirs
-            rows[c] = rows[c].where(pd.Series(False, index=rows.index))
-        rows["cell_examples"] = min(int(p["cell_examples"].iloc[0]) for p in per)
-        rows["eval_runs"] = min(int(p["eval_runs"].iloc[0]) for p in per)
-        rows[ROW_NONFINITE] = pd.concat([p.loc[common, ROW_NONFINITE] for p in per],
-                                        axis=1).any(axis=1).to_numpy()
-        rows["grad_nonfinite"] = sum(p.loc[common, "grad_nonfinite"].to_numpy() for p in per)
-        rows["nfe"] = sum(p.loc[common, "nfe"].to_numpy() for p in per)
-        rows["time_s"] = sum(p.loc[common, "time_s"].to_numpy() for p in per)
-        out.append(rows[df.columns])
-    return pd.concat([df, *out], ignore_index=True) if out else df
+    k = ", ".join(q(c) for c in keys)
+    # per cell first (small), so the row-level work is one join on `cell` and one grouping
+    groups = f"""
+      pc AS (SELECT cell, {', '.join(f'any_value({q(c)}) AS {q(c)}' for c in keys)},
+                    any_value(attack_label) AS attack_label, any_value(attack) AS attack,
+                    any_value(cell_examples) AS ce, any_value(eval_runs) AS er
+             FROM {rows.view} GROUP BY cell),
+      l AS (SELECT {k}, count(*) AS nl, list(attack_label ORDER BY attack_label) AS labels,
+                   list(cell ORDER BY cell) AS cells, min(ce) AS ce, min(er) AS er
+            FROM pc WHERE attack IS DISTINCT FROM 'none' GROUP BY {k}
+            HAVING count(*) >= 2 AND count(DISTINCT attack_label) = count(*)),
+      lw AS (SELECT *, row_number() OVER (ORDER BY {k}) AS wid FROM l)"""
+    if not rows.sql(f"WITH {groups} SELECT count(*) FROM lw").fetchall()[0][0]:
+        return None
+    firsts = [c for c in ROW_TYPES if c not in {
+        *keys, "cell", "attack", "attack_label", "cell_examples", "eval_runs", "example", "eval_run",
+        "adv_pred", "adv_correct", "nfe", "time_s", "grad_nonfinite", "grad_evals", "nonfinite_row",
+        "cell_json", "source_file"}]
+    params = [n for n, _ in rows.params if not n.startswith("attack.")]
+    return f"""(
+      WITH {groups},
+      cw AS (SELECT unnest(list_transform(cells, lambda c: c)) AS cell, wid, nl FROM lw),
+      w AS (SELECT wid, example, eval_run, count(*) AS c, any_value(nl) AS nl,
+                   bool_and(adv_correct) AS adv_correct,
+                   coalesce(first(adv_pred ORDER BY attack_label) FILTER (WHERE NOT adv_correct),
+                            first(adv_pred ORDER BY attack_label)) AS adv_pred,
+                   bool_or({_NONFINITE_SQL}) AS nonfinite_row,
+                   sum(coalesce(grad_nonfinite, 0)) AS grad_nonfinite,
+                   sum(grad_evals) AS grad_evals, sum(nfe) AS nfe, sum(time_s) AS time_s,
+                   {', '.join(f'first({q(c)} ORDER BY attack_label) AS {q(c)}' for c in [*firsts, *params])}
+            FROM {rows.view} JOIN cw USING (cell) GROUP BY wid, example, eval_run)
+      SELECT {', '.join(f'lw.{q(c)}' for c in keys)},
+             'worst:' || array_to_string(list_transform(lw.cells, lambda c: c[1:8]), '+') AS cell,
+             '{WORST_OF}' AS attack,
+             '{WORST_OF}[' || array_to_string(lw.labels, ' | ') || ']' AS attack_label,
+             lw.ce AS cell_examples, lw.er AS eval_runs, w.* EXCLUDE (wid, c, nl),
+             '{{}}' AS cell_json
+      FROM w JOIN lw USING (wid) WHERE w.c = w.nl)"""
+
+
+def with_worst_over_attacks(df: pd.DataFrame) -> pd.DataFrame:
+    """``df`` with the worst-of rows of :func:`_worst_sql` appended (attack ``worst-of``, label
+    ``worst-of[a | b | ...]``, cells ``worst:<8 hex>+...``, no ``attack.*`` parameters)."""
+    rows = as_rows(df)
+    sql = _worst_sql(rows)
+    if sql is None:
+        return df
+    worst = rows.df(f"SELECT * FROM {sql}")
+    worst = worst[[c for c in worst.columns if c in df.columns or c == ROW_NONFINITE]]
+    base = df if ROW_NONFINITE in df.columns else with_failures(df)
+    return pd.concat([base, worst], ignore_index=True)

@@ -68,14 +68,24 @@ def clustered_interval(values: Iterable[float], clusters: Iterable[object] | Non
         ids = np.unique(c, return_inverse=True)[1].reshape(-1)
     t = np.bincount(ids, weights=v)
     m = np.bincount(ids).astype(float)
-    k = t.size
     r = float(t.sum() / m.sum())
     means = t / m
-    if np.all((means == 0.0) | (means == 1.0)):
+    return interval_from_clusters(r, t.size, float(np.sum((t - r * m) ** 2)), float(m.sum()),
+                                  bool(np.all((means == 0.0) | (means == 1.0))), z)
+
+
+def interval_from_clusters(r: float, k: int, squares: float, m_sum: float, all_01: bool,
+                           z: float = 1.96) -> tuple[float, float]:
+    """:func:`clustered_interval` from its per-image sums, as an out-of-core aggregation gives
+    them: the ratio ``r = sum T / sum M``, ``k`` images, ``squares = sum (T_i - r M_i)^2``,
+    ``m_sum = sum M`` and whether every per-image mean ``T_i / M_i`` is 0 or 1."""
+    if k == 0:
+        return (math.nan, math.nan)
+    if all_01:
         return wilson_interval(r * k, k, z)
     if k < 2:
         return (0.0, 1.0)
-    var = k / (k - 1) * float(np.sum((t - r * m) ** 2)) / float(m.sum()) ** 2
+    var = k / (k - 1) * squares / m_sum ** 2
     half = z * math.sqrt(var)
     return (max(0.0, r - half), min(1.0, r + half))
 

@@ -159,33 +159,10 @@ def _parse(cell_json: Any) -> dict[str, Any] | None:
     return cell if isinstance(cell, dict) and cell else None
 
 
-def _group_info(df: pd.DataFrame) -> pd.DataFrame:
-    """Per summary group: plugin names, the attack's parameters, observed randomness and the
-    mean perturbation on robust rows."""
-    keys = list(GROUP_KEYS)
-    wanted = [*keys, "cell", "example", "clean_pred", "adv_pred", "adv_correct", "perturbation",
-              "found_by", "purifier", "attack", "cell_json", "grad_nonfinite"]
-    frame = df[[c for c in wanted if c in df.columns]].copy()
-    frame["_grad_recorded"] = (frame["grad_nonfinite"].notna() if "grad_nonfinite" in frame.columns
-                               else False)
-    # Randomness seen: an example whose clean (or adversarial) prediction differs between runs.
-    varies = frame.groupby(["cell", "example"], sort=False)[["clean_pred", "adv_pred"]].nunique()
-    random_cells = set(varies[(varies > 1).any(axis=1)].index.get_level_values("cell"))
-    frame["_random"] = frame["cell"].isin(random_cells)
-    has_pert = "perturbation" in frame.columns
-    frame["_pert_robust"] = (frame["perturbation"].astype(float).where(frame["adv_correct"].astype(bool))
-                             if has_pert else np.nan)
-    has_found_by = "found_by" in frame.columns
-    frame["_found_by"] = frame["found_by"].notna() if has_found_by else False
-    for col, default in (("purifier", None), ("attack", None), ("cell_json", None)):
-        if col not in frame.columns:
-            frame[col] = default
-    info = frame.groupby(keys, sort=False, dropna=False).agg(
-        purifier=("purifier", "first"), attack=("attack", "first"), cell_json=("cell_json", "first"),
-        random_seen=("_random", "any"), pert_robust=("_pert_robust", "mean"),
-        robust_rows=("adv_correct", "sum"), found_by=("_found_by", "any"),
-        grad_recorded=("_grad_recorded", "any"),
-    ).reset_index()
+def _group_info(info: pd.DataFrame) -> pd.DataFrame:
+    """Per summary group (:attr:`analysis.aggregate.Aggregate.info`): plugin names and the
+    attack's parameters from a cell's JSON, beside the facts the aggregation measured."""
+    info = info.copy()
     cells = [_parse(c) for c in info["cell_json"]]
     info["attack_params"] = [(c or {}).get("attack", {}).get("params") if c else None for c in cells]
     info["purifier"] = [
@@ -241,8 +218,11 @@ def _clean(attack: Any) -> bool:
         "clean" in _capabilities("attack", attack)
 
 
-def check(df: pd.DataFrame, summary: pd.DataFrame, tol: Tolerances | None = None) -> pd.DataFrame:
-    """Validity flags of a summary (:func:`analysis.aggregate.summarise` of ``df``).
+def check(df: Any, summary: pd.DataFrame, tol: Tolerances | None = None,
+          info: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Validity flags of a summary (:func:`analysis.aggregate.summarise` of ``df``, rows as a
+    DataFrame or :class:`analysis.engine.Rows`); ``info`` is the aggregation's per-group facts
+    (computed from ``df`` when not given).
 
     Returns a DataFrame with FLAG_COLUMNS: one row per (summary row, flag), in summary order
     then CHECKS order; ``attrs["checked"]`` lists the codes of the checks that had data and
@@ -250,7 +230,14 @@ def check(df: pd.DataFrame, summary: pd.DataFrame, tol: Tolerances | None = None
     """
     tol = tol or Tolerances()
     keys = list(GROUP_KEYS)
-    rows = summary.merge(_group_info(df), on=keys, how="left")
+    if info is None:
+        from .aggregate import aggregate
+
+        info = aggregate(df, worst_of=False).info
+    rows = summary.merge(_group_info(info), on=keys, how="left", suffixes=("", "_info"))
+    for c in ("purifier", "attack"):  # the names the checks read: from the cells' JSON
+        if f"{c}_info" in rows.columns:
+            rows[c] = rows.pop(f"{c}_info")
     attacked = rows[np.array([not _clean(a) for a in rows["attack"]], dtype=bool) & (rows["eps"] > 0)]
     flags: list[tuple[tuple, str, str]] = []
     checked: set[str] = set()

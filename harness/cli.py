@@ -100,7 +100,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .plan import make_plan, summary, write_plan
     from .launch.task import mark_complete
     from .ranks import World
-    from .results import shard_dir
+    from .results import shard_dir, write_report_spec
     from .worker import Assets, pending, run_row
 
     grid = load_grid(args.grid)
@@ -110,6 +110,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(summary(plan))
     print(f"plan: {path}")
     results = Path(args.results)
+    write_report_spec(results, grid.sweep, grid.report)
     rows = plan.to_dict("records")
     todo = sum(len(pending(r, results)) for r in rows)
     progress = Progress(todo, "examples")
@@ -127,10 +128,17 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from analysis.report import build_report, default_out_dir
+    from analysis.report import ReportOptions, build_report, default_out_dir
 
-    print(build_report(args.results, args.out))
-    print(f"written: {args.out or default_out_dir(args.results)}/report.{{md,csv,tex}}")
+    split = lambda values: [v for text in values or [] for v in text.split(",") if v]  # noqa: E731
+    options = ReportOptions(plots=getattr(args, "plots", "png"), rows=split(getattr(args, "rows", None)),
+                            cols=split(getattr(args, "cols", None)), where=list(getattr(args, "where", None) or []),
+                            value=getattr(args, "value", "robust_mean"),
+                            reference=getattr(args, "reference", None), cost=getattr(args, "cost", False))
+    print(build_report(args.results, args.out, options))
+    out = args.out or default_out_dir(args.results)
+    figures = "" if options.plots == "none" else f", figures/*.{options.plots}"
+    print(f"written: {out}/report.{{md,csv,tex,html}}{figures}")
     return 0
 
 
@@ -248,9 +256,23 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("target", help="jobs/<sweep> or results/<sweep>")
     sp.add_argument("--jobs", default=None, help="jobs directory, when the target is results/<sweep> elsewhere")
 
-    sp = add("report", cmd_report, "tables from result files (console, Markdown, CSV, LaTeX)")
+    sp = add("report", cmd_report, "tables and figures from result files (console, Markdown, CSV, LaTeX, HTML)")
     sp.add_argument("results", help="results directory: results/ or results/<sweep>")
     sp.add_argument("--out", default=None, help="where to write report files (default: <results>/_report)")
+    sp.add_argument("--plots", choices=("none", "png", "svg"), default="png",
+                    help="figures beside the tables and in report.html (default: png)")
+    sp.add_argument("--rows", action="append", metavar="COL[,COL]",
+                    help="pivot: row keys, any summary or parameter column (e.g. purifier.t_s)")
+    sp.add_argument("--cols", action="append", metavar="COL[,COL]", help="pivot: column keys")
+    sp.add_argument("--where", action="append", metavar="EXPR",
+                    help="filter: key=value, key!=value, key=a,b, key<=x ... (repeat to AND; eps=8/255 works)")
+    sp.add_argument("--value", default="robust_mean",
+                    choices=("robust_mean", "clean", "robust_vote", "robust_worst", "nfe", "s_per_row", "j_per_row"),
+                    help="what the pivot's cells show (default: robust_mean with its interval)")
+    sp.add_argument("--reference", default=None, metavar="YAML",
+                    help="published numbers to compare against (e.g. references/lorid-aaai2025.yaml)")
+    sp.add_argument("--cost", action="store_true",
+                    help="print the cost table per defence and by device type (always in report.md/html)")
 
     sp = add("train", cmd_train, "rebuild the bundled digits classifier and DDPM")
     sp.add_argument("--which", choices=("all", "classifier", "ddpm"), default="all")

@@ -11,8 +11,9 @@ import copy
 import hashlib
 import itertools
 import json
+import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,7 @@ ROOT = "<root>"
 DEFAULTS: dict[str, Any] = {"batch_size": 64, "shard_size": 256, "seeds": [0], "eval_runs": 1,
                             "data_seed": 0}
 TOP_KEYS = ("sweep", *KINDS, "examples", "batch_size", "shard_size", "seeds", "eval_runs",
-            "data_seed", "zip", "exclude", "profile", "assets")
+            "data_seed", "zip", "exclude", "profile", "assets", "report")
 REQUIRED_KEYS = ("sweep", *KINDS, "examples")
 ZIP_AXES = (*KINDS, "seeds")
 ENTRY_KEYS = ("name", "params", "zip")
@@ -80,6 +81,9 @@ class Grid:
     profile: str | None
     assets: str | None  # the asset directory `asset:<name>` values resolve against
     cells: list[dict[str, Any]]
+    # The validated `report:` section as plain JSON-able data ({} when the grid has none):
+    # {"tables": [{"title", "where", "rows", "cols", "value"}, ...], "reference": "<abs path>"}.
+    report: dict[str, Any] = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------- loading
@@ -219,7 +223,7 @@ def load_grid(path: str | Path) -> Grid:
     except OSError as exc:
         raise GridError(file, ROOT, f"cannot read grid file: {exc.strerror}") from None
     raw = parse_yaml(source, file)
-    cells = expand(raw, file)
+    cells, report = _expand(raw, file)
     s = _settings(raw, file)
     shards = -(-s["examples"] // s["shard_size"])
     if len(cells) * shards > MAX_ROWS:
@@ -229,7 +233,7 @@ def load_grid(path: str | Path) -> Grid:
     return Grid(path=path, raw=raw, source=source, sweep=s["sweep"], examples=s["examples"],
                 batch_size=s["batch_size"], shard_size=s["shard_size"], seeds=s["seeds"],
                 eval_runs=s["eval_runs"], data_seed=s["data_seed"], profile=s["profile"],
-                assets=s["assets"], cells=cells)
+                assets=s["assets"], cells=cells, report=report)
 
 
 def _one_line(exc: Exception) -> str:
@@ -400,6 +404,12 @@ def _combine(axes: dict[str, list[Any]], groups: list[list[str]], file: str,
 
 def expand(raw: dict[str, Any], file: str) -> list[dict[str, Any]]:
     """Validate a parsed grid and return its resolved cells (exclusions applied)."""
+    return _expand(raw, file)[0]
+
+
+def _expand(raw: dict[str, Any], file: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The resolved cells and the validated `report:` section (checked against the cells'
+    parameter columns, so it needs them first)."""
     if not isinstance(raw, dict):
         raise GridError(file, ROOT, f"top level is {type(raw).__name__}, not a mapping; "
                                     f"expected keys: {', '.join(TOP_KEYS)}")
@@ -416,7 +426,8 @@ def expand(raw: dict[str, Any], file: str) -> list[dict[str, Any]]:
     cells = _dedupe(_apply_excludes(cells, raw.get("exclude", []), axes, file))
     catalog.check_cells(cells, file)
     _check_examples(cells, s["examples"], file)
-    return cells
+    report = check_report(raw["report"], cells, file) if "report" in raw else {}
+    return cells, report
 
 
 def _check_examples(cells: list[dict[str, Any]], examples: int, file: str) -> None:
@@ -554,3 +565,247 @@ def cell_label(cell: dict[str, Any], kind: str = "purifier") -> str:
     diff = [f"{p}={_fmt(v)}" for p, v in entry["params"].items()
             if p in spec.label or spec.params[p].default is registry.REQUIRED or v != spec.params[p].default]
     return f"{entry['name']}({','.join(diff)})" if diff else entry["name"]
+
+
+# ---------------------------------------------------------------- report section
+# `report:` names the paper-style tables `harness report` prints first, and a file of published
+# numbers to compare against (analysis.pivot, analysis.reference). It is checked here, at plan
+# time, like every other key: a typo in a table must not wait for the results to surface.
+# Keys are checked against the names the plan knows (the summary's identity columns and the
+# sweep's `<kind>.<param>` parameter columns); values cannot be checked against results that
+# do not exist yet, so a filter matching nothing shows as an empty table in the report.
+
+#: Summary columns naming what a result is (analysis.aggregate.GROUP_KEYS, then the plugin
+#: names); with the sweep's parameter columns, the keys a report table may use.
+REPORT_KEYS: tuple[str, ...] = ("dataset", "threat", "eps", "attack_label", "classifier", "label",
+                                "purifier", "attack")
+#: What a report table may show in its cells.
+REPORT_VALUES: tuple[str, ...] = ("robust_mean", "clean", "robust_vote", "robust_worst", "nfe",
+                                  "s_per_row", "j_per_row")
+REPORT_SECTION_KEYS = ("tables", "reference")
+REPORT_TABLE_KEYS = ("title", "where", "rows", "cols", "value")
+MAX_REPORT_TABLES = 50
+MAX_TITLE = 200
+MAX_TABLE_AXES = 8  # keys in one table's rows or cols
+MAX_WHERE_KEYS = 32
+MAX_WHERE_VALUES = 100
+MAX_WHERE_TEXT = 200
+#: Comparison prefixes a `where` string value (and a --where expression) may carry.
+COMPARISONS = ("<=", ">=", "<", ">")
+NEGATION = "!="
+_FRACTION = re.compile(r"\s*([-+]?\d+(?:\.\d*)?)\s*/\s*(\d+(?:\.\d*)?)\s*")
+_NUMBER = re.compile(r"\s*[-+]?(?:\d[\d_]*(?:\.[\d_]*)?|\.\d[\d_]*)(?:[eE][-+]?\d+)?\s*")
+
+
+def parse_number(value: Any) -> float | None:
+    """The number a filter value stands for, or None when it is not one: a YAML number, a
+    decimal or exponent string, or a fraction ``a/b`` (budgets are written ``8/255``).
+    Booleans and non-finite values are not numbers here."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        number = float(value)
+    elif isinstance(value, str) and len(value) <= 100:
+        m = _FRACTION.fullmatch(value)
+        if m:
+            den = float(m.group(2))
+            number = float(m.group(1)) / den if den else math.nan
+        elif _NUMBER.fullmatch(value):
+            number = float(value)
+        else:
+            return None
+    else:
+        return None
+    return number if math.isfinite(number) else None
+
+
+def split_comparison(text: str) -> tuple[str, str]:
+    """("<=", "0.1") for "<=0.1", ("!=", "none") for "!=none", ("=", text) otherwise."""
+    for op in (*COMPARISONS, NEGATION):
+        if text.startswith(op):
+            return op, text[len(op):].strip()
+    return "=", text
+
+
+def report_names(cells: list[dict[str, Any]]) -> list[str]:
+    """The keys a report table of these cells may name: REPORT_KEYS, then the parameter
+    columns the sweep's results will carry: ``<kind>.<param>`` over every cell, in kind then
+    name order, as harness.results.param_fields names them (which imports this module, so the
+    names are taken here; tests/test_grid_report.py holds the two equal)."""
+    order = {k: i for i, k in enumerate(KINDS)}
+    params = {f"{kind}.{p}" for cell in cells for kind in KINDS for p in cell[kind]["params"]}
+    return [*REPORT_KEYS, *sorted(params, key=lambda n: (order[n.split(".", 1)[0]], n))]
+
+
+def resolve_report_key(name: Any, names: list[str]) -> str:
+    """`name` as a column of `names`: itself, or the one `<kind>.<name>` parameter column it
+    abbreviates (``t_s`` → ``purifier.t_s``). Raises ValueError with the reason otherwise."""
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"{shown(name)} is not a key; allowed: {listing(names)}")
+    if name in names:
+        return name
+    matches = [n for n in names if "." in n and n.split(".", 1)[1] == name]
+    if len(matches) == 1:
+        return matches[0]
+    if matches:
+        raise ValueError(f"{shown(name)} is ambiguous: {', '.join(matches)}; write the full name")
+    raise ValueError(f"{shown(name)} is not a key of these results; allowed: {listing(names)}")
+
+
+def listing(names: list[str] | tuple[str, ...], limit: int = 800) -> str:
+    """Names for a message, comma-joined and cut to about `limit` characters."""
+    out, size = [], 0
+    for i, n in enumerate(names):
+        n = shown_key(n, 60)
+        if size + len(n) + 2 > limit:
+            return ", ".join(out) + f" (and {len(names) - i} more)"
+        out.append(n)
+        size += len(n) + 2
+    return ", ".join(out) or "(none)"
+
+
+def check_report(section: Any, cells: list[dict[str, Any]], file: str) -> dict[str, Any]:
+    """The grid's `report:` section, validated and normalised to plain JSON-able data:
+    {"tables": [{"title", "where", "rows", "cols", "value"}, ...], "reference": path}.
+    Keys are resolved to full column names; `reference` to an absolute path that exists."""
+    if not isinstance(section, dict):
+        raise GridError(file, "report", f"{shown(section)} is not allowed; expected a mapping with "
+                                        f"keys: {', '.join(REPORT_SECTION_KEYS)}")
+    for k in section:
+        if k not in REPORT_SECTION_KEYS:
+            raise GridError(file, f"report.{shown_key(k)}", f"unknown key; allowed: "
+                                                           f"{', '.join(REPORT_SECTION_KEYS)}")
+    tables = section.get("tables", [])
+    table_shape = f"a mapping with keys: {', '.join(REPORT_TABLE_KEYS)} (title and rows required)"
+    if not isinstance(tables, list):
+        raise GridError(file, "report.tables", f"{shown(tables)} is not allowed; expected a list "
+                                               f"of tables, each {table_shape}")
+    if len(tables) > MAX_REPORT_TABLES:
+        raise GridError(file, "report.tables", f"{len(tables)} tables; at most {MAX_REPORT_TABLES} "
+                                               "are allowed")
+    names = report_names(cells) if tables else []
+    out: dict[str, Any] = {"tables": [_report_table(t, names, file, f"report.tables[{i}]", table_shape)
+                                      for i, t in enumerate(tables)]}
+    if "reference" in section:
+        out["reference"] = _report_reference(section["reference"], file)
+    return out
+
+
+def _report_table(table: Any, names: list[str], file: str, key: str, shape: str) -> dict[str, Any]:
+    if not isinstance(table, dict):
+        raise GridError(file, key, f"{shown(table)} is not allowed; expected {shape}")
+    for k in table:
+        if k not in REPORT_TABLE_KEYS:
+            raise GridError(file, f"{key}.{shown_key(k)}", f"unknown key; allowed: "
+                                                         f"{', '.join(REPORT_TABLE_KEYS)}")
+    for k in ("title", "rows"):
+        if k not in table:
+            raise GridError(file, f"{key}.{k}", f"required; expected {shape}")
+    title = table["title"]
+    if not (isinstance(title, str) and title.strip() and len(title) <= MAX_TITLE
+            and not any(ord(c) < 32 for c in title)):
+        raise GridError(file, f"{key}.title", f"{shown(title)} is not allowed; expected a one-line "
+                                              f"string of 1 to {MAX_TITLE} characters")
+    rows = _report_axis(table["rows"], names, file, f"{key}.rows", empty_ok=False)
+    cols = _report_axis(table.get("cols", []), names, file, f"{key}.cols", empty_ok=True)
+    both = [c for c in cols if c in rows]
+    if both:
+        raise GridError(file, f"{key}.cols", f"{', '.join(both)} is in rows too; a key goes in "
+                                             "rows or cols, not both")
+    value = table.get("value", REPORT_VALUES[0])
+    if not isinstance(value, str) or value not in REPORT_VALUES:
+        raise GridError(file, f"{key}.value", f"{shown(value)} is not allowed; allowed: "
+                                              f"{', '.join(REPORT_VALUES)}")
+    where = _report_where(table.get("where", {}), names, file, f"{key}.where")
+    return {"title": title, "where": where, "rows": rows, "cols": cols, "value": value}
+
+
+def _report_key(name: Any, names: list[str], file: str, key: str) -> str:
+    try:
+        return resolve_report_key(name, names)
+    except ValueError as exc:
+        raise GridError(file, key, str(exc)) from None
+
+
+def _report_axis(value: Any, names: list[str], file: str, key: str, empty_ok: bool) -> list[str]:
+    """rows or cols: a key or a list of keys, each a column the results will have."""
+    items = [value] if isinstance(value, str) else value
+    what = (f"a key or a list of at most {MAX_TABLE_AXES} keys"
+            + ("" if empty_ok else " (at least one)") + f"; keys: {listing(names)}")
+    if not isinstance(items, list) or len(items) > MAX_TABLE_AXES or (not items and not empty_ok):
+        raise GridError(file, key, f"{shown(value)} is not allowed; expected {what}")
+    out: list[str] = []
+    for i, name in enumerate(items):
+        resolved = _report_key(name, names, file, f"{key}[{i}]")
+        if resolved in out:
+            raise GridError(file, f"{key}[{i}]", f"{resolved} appears twice")
+        out.append(resolved)
+    return out
+
+
+def _report_where(where: Any, names: list[str], file: str, key: str) -> dict[str, Any]:
+    """A filter: key → value or list of values (any of); a string value may start with a
+    comparison (<=, >=, <, > and a number) or != (not this value)."""
+    shape = ("a mapping from keys to a value or a list of values (any of); a value may be "
+             "written '<=0.1', '>=2', '!=none'; numbers may be fractions such as 8/255")
+    if not isinstance(where, dict) or len(where) > MAX_WHERE_KEYS:
+        raise GridError(file, key, f"{shown(where)} is not allowed; expected {shape} "
+                                   f"(at most {MAX_WHERE_KEYS} keys)")
+    out: dict[str, Any] = {}
+    for name, value in where.items():
+        at = f"{key}.{shown_key(name)}"
+        resolved = _report_key(name, names, file, at)
+        if resolved in out:
+            raise GridError(file, at, f"names column {resolved} a second time")
+        if isinstance(value, list):
+            if not value or len(value) > MAX_WHERE_VALUES:
+                raise GridError(file, at, f"{shown(value)} is not allowed; expected a value or a "
+                                          f"list of 1 to {MAX_WHERE_VALUES} values")
+            for i, v in enumerate(value):
+                if _where_scalar(v, file, f"{at}[{i}]") != "=":
+                    raise GridError(file, f"{at}[{i}]", f"{shown(v)}: a comparison cannot be one "
+                                                        "of a list of values; write it alone")
+        else:
+            _where_scalar(value, file, at)
+        out[resolved] = value
+    return out
+
+
+def _where_scalar(value: Any, file: str, key: str) -> str:
+    """Check one `where` value; return its operator ("=", "!=", "<=", ...)."""
+    if isinstance(value, (bool, int)):
+        return "="
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise GridError(file, key, f"{shown(value)} is not allowed; expected a finite number")
+        return "="
+    if not (isinstance(value, str) and value.strip() and len(value) <= MAX_WHERE_TEXT
+            and not any(ord(c) < 32 for c in value)):
+        raise GridError(file, key, f"{shown(value)} is not allowed; expected a number, true/false, "
+                                   f"or a one-line string of 1 to {MAX_WHERE_TEXT} characters")
+    op, rest = split_comparison(value)
+    if op in COMPARISONS and parse_number(rest) is None:
+        raise GridError(file, key, f"{shown(value)}: {op} needs a number (e.g. {op}0.1 or {op}8/255)")
+    if op == NEGATION and not rest:
+        raise GridError(file, key, f"{shown(value)}: != needs a value")
+    return op
+
+
+def _report_reference(value: Any, file: str) -> str:
+    """The published-numbers file: a path relative to the working directory or, failing that,
+    to the grid file; returned absolute, as it must be found again at report time."""
+    if not (isinstance(value, str) and value and len(value) <= 4096 and "\0" not in value):
+        raise GridError(file, "report.reference", f"{shown(value)} is not allowed; expected the "
+                                                  "path of a references YAML file")
+    p = Path(value).expanduser()
+    candidates = [p] + ([Path(file).parent / p] if not p.is_absolute() else [])
+    for c in candidates:
+        try:
+            if c.is_file():
+                return str(c.resolve())
+        except OSError:
+            continue
+    raise GridError(file, "report.reference", f"{shown(value)}: no such file (looked at "
+                                              f"{', '.join(shown(str(c), 200) for c in candidates)}); "
+                                              "expected a path relative to the working directory "
+                                              "or to the grid file")

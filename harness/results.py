@@ -194,6 +194,43 @@ class PartCheck:
         return self.reason is None
 
 
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def check_header(path: str | os.PathLike[str], required: Iterable[str] | None = None,
+                 fields: list[tuple[str, str]] | None = None) -> tuple[pq.ParquetFile | None, PartCheck]:
+    """The checks of :func:`read_part` that need only the file's footer (it is there, non-empty,
+    readable, with the ``required`` columns of the written types): (the open file or None, the
+    verdict). Cheap enough to run on every part of a 10 M-row sweep before a columnar scan."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        return None, PartCheck(path, f"missing ({exc.strerror})", "missing")
+    if size == 0:
+        return None, PartCheck(path, "zero bytes", "empty", size=size)
+    try:
+        pf = pq.ParquetFile(path)
+        schema = pf.schema_arrow
+    except Exception as exc:  # noqa: BLE001 (pyarrow raises ArrowInvalid, OSError, ...)
+        return None, PartCheck(path, f"unreadable ({_first_line(exc)})", "unreadable", size=size)
+    rows = pf.metadata.num_rows
+    required = SCHEMA.names if required is None else list(required)
+    missing = [c for c in required if c not in schema.names]
+    if missing:
+        return None, PartCheck(path, f"missing result column(s) {', '.join(missing)}", "schema",
+                               size=size, rows=rows)
+    want = {f.name: f.type for f in SCHEMA}
+    want.update({n: ARROW_TYPES[t] for n, t in fields or [] if t in ARROW_TYPES})
+    for f in schema:
+        if f.name in want and _kind(f.type) != _kind(want[f.name]):
+            return None, PartCheck(path, f"column {f.name!r} is {f.type}, not {want[f.name]}", "schema",
+                                   size=size, rows=rows)
+    return pf, PartCheck(path, size=size, rows=rows)
+
+
 def read_part(path: str | os.PathLike[str], required: Iterable[str] | None = None,
               eval_runs: int | None = None, fields: list[tuple[str, str]] | None = None,
               ) -> tuple[pa.Table | None, PartCheck]:
@@ -205,30 +242,17 @@ def read_part(path: str | os.PathLike[str], required: Iterable[str] | None = Non
     this writer (every SCHEMA column present) or when ``eval_runs`` is given, it holds exactly
     its examples × eval runs: each (example, eval_run) once, eval_run in 0..eval_runs-1, one
     eval_runs value, and the first example the one its name says."""
-    path = Path(path)
-    try:
-        size = path.stat().st_size
-    except OSError as exc:
-        return None, PartCheck(path, f"missing ({exc.strerror})", "missing")
-    if size == 0:
-        return None, PartCheck(path, "zero bytes", "empty", size=size)
+    pf, head = check_header(path, required, fields)
+    if pf is None:
+        return None, head
+    path, size = head.path, head.size
     try:
         # ParquetFile reads the file alone; read_table() would add hive columns from the path.
-        table = pq.ParquetFile(path).read()
+        table = pf.read()
     except Exception as exc:  # noqa: BLE001 (pyarrow raises ArrowInvalid, OSError, ...)
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        return None, PartCheck(path, f"unreadable ({msg})", "unreadable", size=size)
+        return None, PartCheck(path, f"unreadable ({_first_line(exc)})", "unreadable", size=size)
     bad = lambda reason, tag: (None, PartCheck(path, reason, tag, size=size, rows=table.num_rows))  # noqa: E731
     names = set(table.column_names)
-    required = SCHEMA.names if required is None else list(required)
-    missing = [c for c in required if c not in names]
-    if missing:
-        return bad(f"missing result column(s) {', '.join(missing)}", "schema")
-    want = {f.name: f.type for f in SCHEMA}
-    want.update({n: ARROW_TYPES[t] for n, t in fields or [] if t in ARROW_TYPES})
-    for f in table.schema:
-        if f.name in want and _kind(f.type) != _kind(want[f.name]):
-            return bad(f"column {f.name!r} is {f.type}, not {want[f.name]}", "schema")
     if eval_runs is None and not set(SCHEMA.names) <= names:
         # an older writer's file (hand-written, or rows split over parts): no row invariant
         return table, PartCheck(path, size=size, rows=table.num_rows,
@@ -539,6 +563,21 @@ def write_cell_file(shard_directory: Path, rank: int, data: bytes) -> Path:
                                "(the same cell hash with another configuration or other asset "
                                "files); move that cell's results away or re-plan under a new sweep")
     return path
+
+
+#: The grid's `report:` section beside a sweep's results (analysis.report reads it).
+REPORT_SPEC = "_report_spec.json"
+
+
+def write_report_spec(results_dir: str | Path, sweep: str, spec: dict[str, Any]) -> Path | None:
+    """Leave the grid's validated `report:` section in <results>/<sweep>/ for `harness report`
+    (removing a stale one when the grid no longer has it)."""
+    path = Path(results_dir) / sweep / REPORT_SPEC
+    if not spec:
+        path.unlink(missing_ok=True)
+        return None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return atomic_write(path, json.dumps(spec, indent=1, sort_keys=True) + "\n")
 
 
 @lru_cache(maxsize=1)

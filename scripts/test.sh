@@ -7,6 +7,7 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh --test
 STATE=${HARNESS_CLUSTER_DIR:-/tmp/harness-cluster}
 bash .ci/cluster.sh install
+bash .ci/browser.sh install
 trap 'bash .ci/cluster.sh down "$STATE"' EXIT
 bash .ci/cluster.sh up "$STATE"
 export HARNESS_CLUSTER_DIR="$STATE" SLURM_CONF="$STATE/etc/slurm.conf"

@@ -286,7 +286,8 @@ def test_format_eps() -> None:
 def test_build_report_writes_files(results: Path) -> None:
     text = build_report(results)
     out = results / "_report"
-    assert sorted(p.name for p in out.iterdir()) == ["report.csv", "report.md", "report.tex"]
+    assert sorted(p.name for p in out.iterdir()) == ["figures", "report.csv", "report.html", "report.md",
+                                                     "report.tex"]
     assert "1 PARTIAL" in text and "3/5 (partial)" in text
     md = (out / "report.md").read_text(encoding="utf-8")
     assert "| 3/5 (partial) |" in md and md.startswith("# Robustness report")

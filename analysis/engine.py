@@ -1,0 +1,152 @@
+"""Result rows as a DuckDB view: the report's aggregations run out of core over the part files.
+
+Why DuckDB: measured on the synthetic 10 M-row sweep of ``benchmarks/report_scale.py``
+(benchmarks/RESULTS.md), its Parquet scan + hash aggregation reads only the columns a query
+names, streams row groups, spills to disk past ``memory_limit``, and ran the report's core
+aggregation fastest at the smallest peak memory of the engines tried (polars' streaming engine,
+pyarrow's dataset scanner). SQL also lets one text of each statistic serve both inputs: the
+part files of a results directory (``harness report``) and an in-memory DataFrame (the tests,
+:func:`analysis.aggregate.summarise` on rows built by hand).
+
+:class:`Rows` is a connection plus the name of a view with the normalised row columns
+(:data:`ROW_TYPES`; optional ones NULL where the writer had none) and a per-cell table
+(``cells``: cell JSON, assets, parameter values) that is small: one row per cell.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import weakref
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+#: Normalised row columns and their SQL types; those in REQUIRED must be in every part file.
+ROW_TYPES: dict[str, str] = {
+    "sweep": "VARCHAR", "cell": "VARCHAR", "dataset": "VARCHAR", "threat": "VARCHAR",
+    "eps": "DOUBLE", "attack_label": "VARCHAR", "classifier": "VARCHAR", "label": "VARCHAR",
+    "cell_examples": "BIGINT", "eval_runs": "BIGINT", "example": "BIGINT", "y": "BIGINT",
+    "eval_run": "BIGINT", "clean_correct": "BOOLEAN", "adv_pred": "BIGINT",
+    "adv_correct": "BOOLEAN", "nfe": "BIGINT", "time_s": "DOUBLE",
+    # optional: absent in older writers' files
+    "data_index": "BIGINT", "clean_pred": "BIGINT", "perturbation": "DOUBLE", "found_by": "VARCHAR",
+    "grad_evals": "BIGINT", "grad_nonfinite": "BIGINT", "seed": "BIGINT", "data_seed": "BIGINT",
+    "purifier": "VARCHAR", "attack": "VARCHAR", "harness_version": "VARCHAR", "git_rev": "VARCHAR",
+    "torch_version": "VARCHAR", "host": "VARCHAR", "device": "VARCHAR",
+    "nonfinite_row": "BOOLEAN",  # carried by worst-of rows (analysis.aggregate)
+    "cell_json": "VARCHAR", "assets": "VARCHAR",  # on every row in files before _cell.json
+    "source_file": "VARCHAR",
+}
+
+#: DuckDB working memory; past it, aggregations spill to a temporary directory. With the
+#: Python process and Arrow buffers this keeps `harness report` within ~2 GB at 10 M rows.
+MEMORY_LIMIT = os.environ.get("HARNESS_REPORT_MEMORY", "1GB")
+
+
+def q(name: str) -> str:
+    """A quoted SQL identifier (parameter columns hold dots: ``"purifier.t_s"``)."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def lit(value: str) -> str:
+    """A quoted SQL string literal."""
+    return "'" + value.replace("'", "''") + "'"
+
+
+def connect(on_disk: bool = False) -> Any:
+    """A private DuckDB with bounded memory and its own spill directory (removed when the
+    connection is garbage-collected). ``on_disk``: its tables live in a database file there,
+    compressed, so a 10 M-row copy of the columns the report reads costs disk, not memory."""
+    import duckdb
+
+    spill = tempfile.mkdtemp(prefix="harness-report-")
+    database = os.path.join(spill, "rows.duckdb") if on_disk else ":memory:"
+    con = duckdb.connect(database, config={
+        "memory_limit": MEMORY_LIMIT, "temp_directory": spill,
+        "preserve_insertion_order": False,
+    })
+    con.execute("SET enable_progress_bar = false")
+    weakref.finalize(con, shutil.rmtree, spill, True)
+    return con
+
+
+@dataclass
+class Rows:
+    """Result rows behind a view ``view`` of connection ``con`` (columns: ROW_TYPES plus the
+    parameter columns ``params``); ``cells`` holds per-cell constants, one row per cell."""
+
+    con: Any
+    view: str
+    params: list[tuple[str, str]] = field(default_factory=list)
+    cells: pd.DataFrame | None = None
+    files: list[Path] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def sql(self, query: str) -> Any:
+        return self.con.sql(query)
+
+    def df(self, query: str) -> pd.DataFrame:
+        return self.con.sql(query).df()
+
+    def has(self, column: str) -> bool:
+        return column in self.columns
+
+    @property
+    def columns(self) -> list[str]:
+        return [d[0] for d in self.con.sql(f"SELECT * FROM {self.view} LIMIT 0").description]
+
+
+def normalised_select(available: dict[str, str], source: str,
+                      params: list[tuple[str, str]] = ()) -> str:
+    """``SELECT`` of every ROW_TYPES column (cast; NULL when ``available`` lacks it) and of the
+    ``params`` columns present, from ``source``."""
+    parts = []
+    for name, typ in ROW_TYPES.items():
+        parts.append(f"CAST({q(name)} AS {typ}) AS {q(name)}" if name in available
+                     else f"CAST(NULL AS {typ}) AS {q(name)}")
+    for name, typ in params:
+        if name in available:
+            parts.append(f"CAST({q(name)} AS {sql_type(typ)}) AS {q(name)}")
+    return "SELECT " + ", ".join(parts) + f" FROM {source}"
+
+
+#: Parameter column type (harness.results.PARAM_TYPES values) → SQL type.
+SQL_TYPES = {"int64": "BIGINT", "float64": "DOUBLE", "bool": "BOOLEAN", "string": "VARCHAR",
+             "list<float64>": "DOUBLE[]", "list<string>": "VARCHAR[]"}
+
+
+def sql_type(typ: str) -> str:
+    return SQL_TYPES.get(typ, "VARCHAR")
+
+
+def from_frame(df: pd.DataFrame, con: Any | None = None, name: str = "rows") -> Rows:
+    """Rows over an in-memory DataFrame (categoricals read as strings)."""
+    con = con or connect()
+    frame = df.copy(deep=False)
+    for c in frame.columns:
+        if isinstance(frame[c].dtype, pd.CategoricalDtype):
+            frame[c] = frame[c].astype(object).where(frame[c].notna(), None)
+    raw = f"{name}_frame"
+    con.register(raw, frame)
+    params = [(c, _frame_param_type(frame[c])) for c in frame.columns if "." in c]
+    available = {c: "" for c in frame.columns}
+    con.execute(f"CREATE OR REPLACE VIEW {name} AS {normalised_select(available, raw, params)}")
+    return Rows(con, name, params, extra={"frame": frame})
+
+
+def _frame_param_type(s: pd.Series) -> str:
+    if pd.api.types.is_bool_dtype(s):
+        return "bool"
+    if pd.api.types.is_integer_dtype(s):
+        return "int64"
+    if pd.api.types.is_float_dtype(s):
+        return "float64"
+    sample = s.dropna()
+    first = sample.iloc[0] if len(sample) else None
+    if isinstance(first, (list, tuple)) or hasattr(first, "tolist") and not isinstance(first, str):
+        values = list(first)
+        return "list<string>" if values and isinstance(values[0], str) else "list<float64>"
+    return "string"
