@@ -108,11 +108,10 @@ def open_results(path: str | os.PathLike[str], with_params: bool = False) -> Row
     with ThreadPoolExecutor(max_workers=8) as pool:  # footer reads wait on the file system
         headers = list(pool.map(lambda f: check_header(f, required=REQUIRED_COLUMNS), files))
     groups: dict[tuple, list[Path]] = {}  # files by schema: each group is one plain scan
-    for f, (pf, head) in zip(files, headers):
-        if pf is None:
+    for f, (schema, head) in zip(files, headers):
+        if schema is None:
             bad.append(f"{f}: {head.reason}")
             continue
-        schema = pf.schema_arrow
         available.update({n: str(t) for n, t in zip(schema.names, schema.types)})
         if set(SCHEMA.names) <= set(schema.names):
             full.add(str(f))
@@ -156,26 +155,37 @@ def open_results(path: str | os.PathLike[str], with_params: bool = False) -> Row
 
 
 def _labels(cells: pd.DataFrame) -> pd.DataFrame:
-    """Per cell, the data set's and classifier's labels where they say more than the plugin
-    name (``celebahq(attribute=Smiling)``): two attributes or checkpoints of one plugin are two
-    configurations, never pooled into one number."""
-    from harness.grid import cell_label
-
-    out = []
-    for cell, text in zip(cells["cell"], cells["cell_json"]):
+    """Per cell, the data set's and classifier's labels where one plugin appears with different
+    parameters in these results: ``celebahq(attribute=Smiling)`` and ``...=Eyeglasses`` are two
+    configurations, never pooled into one number. Only the parameters that differ are named
+    (a checkpoint path constant over the sweep would only clutter every title)."""
+    parsed = []
+    for text in cells["cell_json"]:
         try:
-            parsed = json.loads(text) if isinstance(text, str) and text else None
+            cell = json.loads(text) if isinstance(text, str) and text else None
         except ValueError:
-            parsed = None
-        entry = {"cell": cell}
-        for kind in ("dataset", "classifier"):
-            try:
-                label = cell_label(parsed, kind) if isinstance(parsed, dict) else None
-            except Exception:  # noqa: BLE001 (a plugin not installed here: its name stands)
-                label = None
-            entry[kind] = label if label and label != (parsed or {}).get(kind, {}).get("name") else None
-        out.append(entry)
-    return pd.DataFrame(out, columns=["cell", "dataset", "classifier"])
+            cell = None
+        parsed.append(cell if isinstance(cell, dict) else {})
+    out = pd.DataFrame({"cell": cells["cell"], "dataset": None, "classifier": None})
+    for kind in ("dataset", "classifier"):
+        entries = [(c.get(kind) or {}) if isinstance(c.get(kind), dict) else {} for c in parsed]
+        values: dict[tuple[str, str], set[str]] = {}
+        for e in entries:
+            for p, v in (e.get("params") or {}).items():
+                values.setdefault((str(e.get("name")), p), set()).add(json.dumps(v, sort_keys=True))
+        varying = {key for key, seen in values.items() if len(seen) > 1}
+        labels = []
+        for e in entries:
+            name = str(e.get("name"))
+            shown = [f"{p}={_short(v)}" for p, v in sorted((e.get("params") or {}).items())
+                     if (name, p) in varying]
+            labels.append(f"{name}({','.join(shown)})" if shown else None)
+        out[kind] = labels
+    return out
+
+
+def _short(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
 
 
 def _relabel(rows: Rows) -> None:
@@ -480,13 +490,14 @@ def _per_example_sql(src: str) -> str:
              avg(clean_correct::DOUBLE) AS clean, avg(adv_correct::DOUBLE) AS robust_mean,
              bool_and(adv_correct) AS robust_worst, count(*) AS runs_seen,  -- keys are unique
              sum(nf::BIGINT) AS nonfinite, max(g) AS grad_nonfinite,
-             count(*) AS n_rows, sum(nfe) AS nfe_sum, sum(time_s) AS time_sum,
+             count(*) AS n_rows, sum(nfe) AS nfe_sum, fsum(time_s) AS time_sum,
              sum(grad_evals) AS grad_sum, count(grad_evals) AS grad_rows,
              coalesce(min(clean_pred) <> max(clean_pred), false)
                OR min(adv_pred) <> max(adv_pred) AS varies,
              sum(perturbation) FILTER (WHERE adv_correct) AS pert_sum,
              count(perturbation) FILTER (WHERE adv_correct) AS pert_rows,
-             sum(adv_correct::BIGINT) AS robust_rows, bool_or(found_by IS NOT NULL) AS found_by,
+             sum(adv_correct::BIGINT) AS robust_rows, sum(clean_correct::BIGINT) AS clean_rows,
+             bool_or(found_by IS NOT NULL) AS found_by,
              bool_or(grad_nonfinite IS NOT NULL) AS grad_recorded
       FROM r GROUP BY cell, example)
     SELECT ex.*, (vote.vote = ex.y AND vote.vote <> {NONFINITE_PRED}) AS robust_vote
@@ -536,7 +547,7 @@ def aggregate(data: pd.DataFrame | Rows, worst_of: bool = True, z: float = 1.96)
         SELECT e.cell, any_value(c.gid) AS gid, count(*) AS seen,
                sum((e.runs_seen >= c.eval_runs)::BIGINT) AS all_runs,
                any_value(c.cell_examples) AS planned, any_value(c.eval_runs) AS eval_runs,
-               sum(e.n_rows) AS rows, sum(e.nfe_sum) AS nfe_sum, sum(e.time_sum) AS time_s,
+               sum(e.n_rows) AS rows, sum(e.nfe_sum) AS nfe_sum, fsum(e.time_sum) AS time_s,
                sum(e.grad_sum) AS grad_sum, sum(e.grad_rows) AS grad_rows
         FROM {ex} e JOIN {cc} c USING (cell) GROUP BY e.cell""")
     per_cell["complete"] = (per_cell["seen"] == per_cell["planned"]) & (per_cell["all_runs"] == per_cell["planned"])
@@ -552,7 +563,7 @@ def aggregate(data: pd.DataFrame | Rows, worst_of: bool = True, z: float = 1.96)
                      avg(robust_vote::DOUBLE) AS robust_vote, avg(robust_worst::DOUBLE) AS robust_worst,
                      sum(nonfinite) AS nonfinite, sum(grad_nonfinite) AS grad_nonfinite,
                      count_if(grad_nonfinite > 0) AS grad_nonfinite_examples,
-                     sum(n_rows) AS rows, sum(nfe_sum) / sum(n_rows) AS nfe, sum(time_sum) AS time_s,
+                     sum(n_rows) AS rows, sum(nfe_sum) / sum(n_rows) AS nfe, fsum(time_sum) AS time_s,
                      sum(grad_sum) / nullif(sum(grad_rows), 0) AS grad_evals,
                      bool_or(varies) AS random_seen,
                      sum(pert_sum) / nullif(sum(pert_rows), 0) AS pert_robust,
@@ -560,6 +571,10 @@ def aggregate(data: pd.DataFrame | Rows, worst_of: bool = True, z: float = 1.96)
                      bool_or(grad_recorded) AS grad_recorded
               FROM e GROUP BY gid)
         SELECT *, k AS n FROM g JOIN ratio USING (gid) JOIN spread USING (gid) ORDER BY gid""")
+    _exact_means(groups, rows.df(f"""
+        SELECT c.gid, e.runs_seen AS runs, sum(e.clean_rows) AS k_clean, sum(e.robust_rows) AS k_robust,
+               count(*) AS examples
+        FROM {ex} e JOIN {cc} c USING (cell) GROUP BY c.gid, e.runs_seen"""))
     consts = rows.df(f"""SELECT gid, {', '.join(f'any_value({q(k)}) AS {q(k)}' for k in keys)},
                                 any_value(purifier) AS purifier, any_value(attack) AS attack,
                                 count(*) AS cells, string_agg(DISTINCT sweep, ',' ORDER BY sweep) AS sweeps
@@ -579,6 +594,23 @@ def aggregate(data: pd.DataFrame | Rows, worst_of: bool = True, z: float = 1.96)
     for t in (ex, cc):
         rows.con.execute(f"DROP TABLE IF EXISTS {t}")
     return Aggregate(summary, info, per_cell, totals)
+
+
+def _exact_means(groups: pd.DataFrame, counts: pd.DataFrame) -> None:
+    """Replace the group means of per-example accuracies (k / runs each) by their exact value:
+    integer sums per number of runs, added as fractions and rounded once. Deterministic,
+    whatever order a parallel scan summed in (a float sum differs in the last bit)."""
+    from fractions import Fraction
+
+    exact: dict[int, list[Fraction]] = {}
+    for r in counts.itertuples(index=False):
+        acc = exact.setdefault(int(r.gid), [Fraction(0), Fraction(0), Fraction(0)])
+        acc[0] += Fraction(int(r.k_clean), int(r.runs))
+        acc[1] += Fraction(int(r.k_robust), int(r.runs))
+        acc[2] += int(r.examples)
+    for col, i in (("clean", 0), ("robust_mean", 1)):
+        groups[col] = [float(exact[g][i] / exact[g][2]) for g in groups["gid"]]
+    groups["r"] = groups["robust_mean"]
 
 
 def sweep_totals(data: pd.DataFrame | Rows) -> dict[str, Any]:

@@ -129,6 +129,8 @@ def report_specs(results_path: str | os.PathLike[str]) -> list[dict[str, Any]]:
         except (OSError, ValueError) as exc:
             raise ResultsError(f"{f}: unreadable report section ({exc}); plan or run the sweep again") from None
         if isinstance(spec, dict) and spec:
+            if spec.get("reference"):  # written relative to the spec's directory
+                spec["reference"] = str(f.parent / spec["reference"])
             specs.append(spec)
     return specs
 

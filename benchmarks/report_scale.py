@@ -153,13 +153,12 @@ def _write_grids(root: Path, rows: int, batch: int, shard: int) -> list[Path]:
     return [main, single]
 
 
-def _plans(root: Path, rows: int, parts_min: int) -> list[tuple[Any, Any]]:
-    """[(grid, plan DataFrame)] for both sweeps, batch_size 64 (shard_size 4 batches) halved
-    until there are at least ``parts_min`` part files."""
+def _plans(root: Path, rows: int, parts_min: int, batch: int = 64) -> list[tuple[Any, Any]]:
+    """[(grid, plan DataFrame)] for both sweeps, batch_size ``batch`` (shard_size 4 batches)
+    halved until there are at least ``parts_min`` part files."""
     from harness.grid import load_grid
     from harness.plan import make_plan
 
-    batch = 64
     while True:
         out = []
         for path in _write_grids(root, rows, batch, 4 * batch):
@@ -338,8 +337,8 @@ def _write_shard(row: dict[str, Any], cell: dict[str, Any], results: Path, schem
 
     out = shard_dir(results, row["sweep"], row["cell"], int(row["shard"]))
     out.mkdir(parents=True, exist_ok=True)
-    write_cell_file(out, 0, cell_file_bytes(row["sweep"], row["cell"], row["cell_json"], _assets_record(row["cell_json"]),
-                                            row["label"], row["attack_label"]))
+    write_cell_file(out, 0, cell_file_bytes(row["sweep"], row["cell"], row["cell_json"],
+                                            _assets_record(row["cell_json"]), row["label"], row["attack_label"]))
     job = 48_000_000 + int(_hash64(int(row["cell"], 16) & 0x7FFFFFFF, int(row["shard"]))) % 1_000_000
     host = f"nid{int(_hash64(job)) % 2048:06d}"
     for lock in (SHARD_LOCK, ".lock-rank-0"):
@@ -434,13 +433,13 @@ def _work(i: int) -> tuple[int, int, int]:
 
 
 def synthesise(out_dir: str | os.PathLike[str], rows: int, parts_min: int = 1000, seed: int = 0,
-               jobs: int | None = None) -> dict[str, Any]:
+               jobs: int | None = None, batch: int = 64) -> dict[str, Any]:
     """Write (or reuse) <out_dir>/rows-<rows>-seed-<seed>/ and return its stamp: {results, rows,
     parts, cells, synth_s, bytes, ...}; ``results`` is the directory to give the report."""
     from harness.plan import write_plan
     from harness.results import param_fields
 
-    root = Path(out_dir) / f"rows-{rows}-seed-{seed}"
+    root = Path(out_dir) / (f"rows-{rows}-seed-{seed}" + (f"-batch-{batch}" if batch != 64 else ""))
     stamp = root / STAMP
     from harness.results import SCHEMA
 
@@ -455,7 +454,7 @@ def synthesise(out_dir: str | os.PathLike[str], rows: int, parts_min: int = 1000
     root.mkdir(parents=True)
     t0 = time.perf_counter()
     results = root / "results"
-    planned = _plans(root, rows, parts_min)
+    planned = _plans(root, rows, parts_min, batch)
     _JOBS.clear()
     cells = 0
     for grid, plan in planned:
@@ -507,30 +506,53 @@ def verify(results: str | os.PathLike[str], sample: int = 12, seed: int = 0) -> 
 
 _WRAPPER = r"""
 import json, resource, subprocess, sys, time
-argv, log = json.loads(sys.argv[1]), sys.argv[2]
-t0 = time.perf_counter()
+argv, log, limit_kb, timeout = json.loads(sys.argv[1]), sys.argv[2], float(sys.argv[3]), float(sys.argv[4])
+t0, why = time.perf_counter(), None
 with open(log, "wb") as out:
-    rc = subprocess.call(argv, stdout=out, stderr=subprocess.STDOUT)
+    p = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
+    while True:
+        try:
+            rc = p.wait(timeout=0.25)
+            break
+        except subprocess.TimeoutExpired:
+            pass
+        if why:
+            continue
+        if timeout > 0 and time.perf_counter() - t0 > timeout:
+            why = f"killed after {timeout:g} s"
+        elif limit_kb > 0:
+            try:
+                with open(f"/proc/{p.pid}/status") as f:
+                    rss = next(int(x.split()[1]) for x in f if x.startswith("VmRSS"))
+            except (OSError, StopIteration, ValueError):
+                rss = 0
+            if rss > limit_kb:
+                why = f"killed at {rss / 2**20:.1f} GB RSS (limit {limit_kb / 2**20:g} GB)"
+        if why:
+            p.kill()
 wall = time.perf_counter() - t0
 ru = resource.getrusage(resource.RUSAGE_CHILDREN)
-print(json.dumps({"rc": rc, "wall_s": wall, "maxrss_kb": ru.ru_maxrss, "user_s": ru.ru_utime, "sys_s": ru.ru_stime}))
+print(json.dumps({"rc": rc, "wall_s": wall, "maxrss_kb": ru.ru_maxrss, "user_s": ru.ru_utime, "sys_s": ru.ru_stime,
+                  "killed": why}))
 """
 
 
 def run_measured(argv: list[str], env: dict[str, str] | None = None, cwd: str | os.PathLike[str] | None = None,
-                 head: int = 12, timeout: float | None = None) -> dict[str, Any]:
+                 head: int = 12, timeout: float | None = None, max_rss_gb: float | None = None) -> dict[str, Any]:
     """Run ``argv`` as the only child of a fresh wrapper process: {rc, wall_s, peak_rss_gb (the
-    child's ru_maxrss), user_s, sys_s, head (first output lines), tail (last ones)}."""
+    child's ru_maxrss), user_s, sys_s, killed (why the wrapper killed it: ``timeout`` seconds
+    passed or its RSS went over ``max_rss_gb``; else None), head (first output lines), tail}."""
     with tempfile.TemporaryDirectory(prefix="report-scale-log-") as tmp:
         log = Path(tmp) / "out.txt"
-        p = subprocess.run([sys.executable, "-c", _WRAPPER, json.dumps(argv), str(log)], env=env, cwd=cwd,
-                           capture_output=True, text=True, timeout=timeout)
+        p = subprocess.run([sys.executable, "-c", _WRAPPER, json.dumps(argv), str(log),
+                            str((max_rss_gb or 0) * 2**20), str(timeout or 0)],
+                           env=env, cwd=cwd, capture_output=True, text=True)
         if p.returncode != 0:
             raise RuntimeError(f"measuring wrapper failed: {p.stderr.strip()[-2000:]}")
         res = json.loads(p.stdout.strip().splitlines()[-1])
         lines = log.read_text(errors="replace").splitlines() if log.exists() else []
     return {"rc": res["rc"], "wall_s": round(res["wall_s"], 2), "peak_rss_gb": round(res["maxrss_kb"] / 2**20, 3),
-            "user_s": round(res["user_s"], 1), "sys_s": round(res["sys_s"], 1),
+            "user_s": round(res["user_s"], 1), "sys_s": round(res["sys_s"], 1), "killed": res["killed"],
             "head": lines[:head], "tail": lines[-head:] if len(lines) > head else []}
 
 
@@ -552,14 +574,16 @@ def imported_from(python: str, tree: str | os.PathLike[str] | None = None) -> st
 
 
 def measure(results_dir: str | os.PathLike[str], cmd: list[str] | None = None, *, python: str | None = None,
-            tree: str | os.PathLike[str] | None = None, timeout: float | None = None) -> dict[str, Any]:
+            tree: str | os.PathLike[str] | None = None, timeout: float | None = None,
+            max_rss_gb: float | None = None) -> dict[str, Any]:
     """Time `harness report <results_dir> --out <tmp>` (``cmd``: the command before the directory,
     default ``<python> -m harness.cli report``) in its own process: {rc, wall_s, peak_rss_gb, ...}."""
     python = python or default_python()
     cmd = list(cmd) if cmd else [python, "-m", "harness.cli", "report"]
     env, cwd = _tree_env(tree)
     with tempfile.TemporaryDirectory(prefix="report-scale-out-") as out:
-        res = run_measured([*cmd, str(results_dir), "--out", out], env=env, cwd=cwd, timeout=timeout)
+        res = run_measured([*cmd, str(results_dir), "--out", out], env=env, cwd=cwd, timeout=timeout,
+                           max_rss_gb=max_rss_gb)
         res["written"] = sorted(os.listdir(out))
     return res
 
@@ -610,23 +634,30 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tree", default=None, help="run the report from this checkout instead of this one")
     ap.add_argument("--synth-only", action="store_true", help="synthesise, do not run the report")
     ap.add_argument("--timeout", type=float, default=None, help="seconds before the report is killed")
+    ap.add_argument("--max-rss-gb", type=float, default=None,
+                    help="kill the report when its RSS passes this (a shared machine's safety; the row then "
+                         "shows exit -9 and the peak it reached)")
     ap.add_argument("--jobs", type=int, default=None, help="synthesis processes (default: min(2, cores))")
+    ap.add_argument("--batch", type=int, default=64,
+                    help="examples per part file (the worker's batch_size; default 64, halved until "
+                         "--parts-min parts)")
     args = ap.parse_args(argv)
     python = args.python or default_python()
     lines = ["| rows | parts | cells | synth s | report s | peak RSS GB | exit code |", "|---|---|---|---|---|---|---|"]
     notes = []
     for n in args.rows:
-        doc = synthesise(args.dir, n, args.parts_min, args.seed, args.jobs)
+        doc = synthesise(args.dir, n, args.parts_min, args.seed, args.jobs, args.batch)
         synth = f"{doc['synth_s']}" + (" (cached)" if doc.get("cached") else "")
         print(f"synthesised: {doc['results']}: {doc['rows']} rows, {doc['parts']} parts, {doc['cells']} cells, "
               f"{doc['bytes'] / 2**30:.2f} GiB, {synth} s", file=sys.stderr, flush=True)
         if args.synth_only:
             lines.append(f"| {doc['rows']:,} | {doc['parts']:,} | {doc['cells']} | {synth} | – | – | – |")
             continue
-        res = measure(doc["results"], python=python, tree=args.tree, timeout=args.timeout)
+        res = measure(doc["results"], python=python, tree=args.tree, timeout=args.timeout, max_rss_gb=args.max_rss_gb)
         lines.append(f"| {doc['rows']:,} | {doc['parts']:,} | {doc['cells']} | {synth} | {res['wall_s']} | "
                      f"{res['peak_rss_gb']} | {res['rc']} |")
-        notes.append(f"{doc['rows']:,} rows, exit {res['rc']}, output starts:\n    "
+        notes.append(f"{doc['rows']:,} rows, exit {res['rc']}" + (f" ({res['killed']})" if res["killed"] else "")
+                     + ", output starts:\n    "
                      + "\n    ".join(res["head"][:6])
                      + (("\n  ... ends:\n    " + "\n    ".join(res["tail"][-4:])) if res["rc"] else ""))
     print("\n".join(lines))

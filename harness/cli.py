@@ -98,7 +98,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .catalog import require_grid
     from .grid import load_grid
     from .plan import make_plan, summary, write_plan
-    from .launch.task import mark_complete
+    from .launch.task import mark_complete, write_telemetry
+    from .telemetry import GpuMonitor
     from .ranks import World
     from .results import shard_dir, write_report_spec
     from .worker import Assets, pending, run_row
@@ -117,10 +118,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     if todo == 0:
         print("every row is already complete; nothing to run")
     assets = Assets.for_plan_row(rows[0], args.device)
+    gpu_index = int(args.device.split(":")[1]) if args.device.startswith("cuda:") else (
+        0 if args.device == "cuda" else None)
     for r in rows:
-        written = run_row(r, results, assets, cell_examples=grid.examples,
-                          on_batch=lambda n, r=r: progress.advance(n, f"· {r['label']} · {r['attack_label']}"))
-        mark_complete(r, shard_dir(results, r["sweep"], r["cell"], r["shard"]), World(), written)
+        out = shard_dir(results, r["sweep"], r["cell"], r["shard"])
+        with GpuMonitor(gpu_index) as gpu:
+            written = run_row(r, results, assets, cell_examples=grid.examples,
+                              on_batch=lambda n, r=r: progress.advance(n, f"· {r['label']} · {r['attack_label']}"))
+        if written:
+            write_telemetry(out, 0, written, args.device, gpu)
+        mark_complete(r, out, World(), written)
     print(f"results: {results / grid.sweep}")
     if args.report:
         return cmd_report(argparse.Namespace(results=str(results / grid.sweep), out=None))

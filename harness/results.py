@@ -200,10 +200,11 @@ def _first_line(exc: BaseException) -> str:
 
 
 def check_header(path: str | os.PathLike[str], required: Iterable[str] | None = None,
-                 fields: list[tuple[str, str]] | None = None) -> tuple[pq.ParquetFile | None, PartCheck]:
+                 fields: list[tuple[str, str]] | None = None) -> tuple[pa.Schema | None, PartCheck]:
     """The checks of :func:`read_part` that need only the file's footer (it is there, non-empty,
-    readable, with the ``required`` columns of the written types): (the open file or None, the
-    verdict). Cheap enough to run on every part of a 10 M-row sweep before a columnar scan."""
+    readable, with the ``required`` columns of the written types): (its schema or None, the
+    verdict). Cheap enough to run on every part of a 10 M-row sweep before a columnar scan;
+    the file is closed again (55,000 parts must not hold 55,000 descriptors)."""
     path = Path(path)
     try:
         size = path.stat().st_size
@@ -212,11 +213,10 @@ def check_header(path: str | os.PathLike[str], required: Iterable[str] | None = 
     if size == 0:
         return None, PartCheck(path, "zero bytes", "empty", size=size)
     try:
-        pf = pq.ParquetFile(path)
-        schema = pf.schema_arrow
+        with pq.ParquetFile(path) as pf:
+            schema, rows = pf.schema_arrow, pf.metadata.num_rows
     except Exception as exc:  # noqa: BLE001 (pyarrow raises ArrowInvalid, OSError, ...)
         return None, PartCheck(path, f"unreadable ({_first_line(exc)})", "unreadable", size=size)
-    rows = pf.metadata.num_rows
     required = SCHEMA.names if required is None else list(required)
     missing = [c for c in required if c not in schema.names]
     if missing:
@@ -228,7 +228,7 @@ def check_header(path: str | os.PathLike[str], required: Iterable[str] | None = 
         if f.name in want and _kind(f.type) != _kind(want[f.name]):
             return None, PartCheck(path, f"column {f.name!r} is {f.type}, not {want[f.name]}", "schema",
                                    size=size, rows=rows)
-    return pf, PartCheck(path, size=size, rows=rows)
+    return schema, PartCheck(path, size=size, rows=rows)
 
 
 def read_part(path: str | os.PathLike[str], required: Iterable[str] | None = None,
@@ -242,13 +242,14 @@ def read_part(path: str | os.PathLike[str], required: Iterable[str] | None = Non
     this writer (every SCHEMA column present) or when ``eval_runs`` is given, it holds exactly
     its examples × eval runs: each (example, eval_run) once, eval_run in 0..eval_runs-1, one
     eval_runs value, and the first example the one its name says."""
-    pf, head = check_header(path, required, fields)
-    if pf is None:
+    schema, head = check_header(path, required, fields)
+    if schema is None:
         return None, head
     path, size = head.path, head.size
     try:
         # ParquetFile reads the file alone; read_table() would add hive columns from the path.
-        table = pf.read()
+        with pq.ParquetFile(path) as pf:
+            table = pf.read()
     except Exception as exc:  # noqa: BLE001 (pyarrow raises ArrowInvalid, OSError, ...)
         return None, PartCheck(path, f"unreadable ({_first_line(exc)})", "unreadable", size=size)
     bad = lambda reason, tag: (None, PartCheck(path, reason, tag, size=size, rows=table.num_rows))  # noqa: E731
@@ -569,14 +570,24 @@ def write_cell_file(shard_directory: Path, rank: int, data: bytes) -> Path:
 REPORT_SPEC = "_report_spec.json"
 
 
+#: A copy of the reference numbers the `report:` section names, beside it.
+REPORT_REFERENCE = "_reference.yaml"
+
+
 def write_report_spec(results_dir: str | Path, sweep: str, spec: dict[str, Any]) -> Path | None:
     """Leave the grid's validated `report:` section in <results>/<sweep>/ for `harness report`
-    (removing a stale one when the grid no longer has it)."""
-    path = Path(results_dir) / sweep / REPORT_SPEC
+    (removing a stale one when the grid no longer has it). The reference file it names is
+    copied beside it, so the report reads the same numbers on another machine or directory."""
+    out = Path(results_dir) / sweep
+    path = out / REPORT_SPEC
     if not spec:
         path.unlink(missing_ok=True)
         return None
-    path.parent.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    spec = dict(spec)
+    if spec.get("reference"):
+        atomic_write(out / REPORT_REFERENCE, Path(spec["reference"]).read_bytes())
+        spec["reference"] = REPORT_REFERENCE  # relative to the spec's own directory
     return atomic_write(path, json.dumps(spec, indent=1, sort_keys=True) + "\n")
 
 

@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 GRIDS = sorted((ROOT / "grids").glob("*.yaml"))
 SMOKE: dict[str, Any] = yaml.safe_load((ROOT / "grids" / "smoke.yaml").read_text())
 # The cells each grid planned before `report:` existed: a report section changes no cell.
-CELLS = {"smoke": 14, "cifar10": 339, "cifar100": 246, "celebahq": 402, "imagenet": 183}
+CELLS = {"smoke": 21, "cifar10": 339, "cifar100": 246, "celebahq": 402, "imagenet": 183}
 
 
 def smoke_with(report: Any) -> dict[str, Any]:

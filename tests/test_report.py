@@ -1,6 +1,7 @@
 """analysis/: loading result part files, statistics, tables and the written report."""
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -294,7 +295,7 @@ def test_build_report_writes_files(results: Path) -> None:
     csv = pd.read_csv(out / "report.csv")
     assert list(csv["label"]) == ["none", LORID, TUCKER]
     assert list(csv["complete"]) == [True, True, False]
-    assert csv.loc[1, "robust_mean"] == pytest.approx(7 / 12, abs=1e-15)  # full precision
+    assert csv.loc[1, "robust_mean"] == 7 / 12  # full precision, and exact: one rounding of the fraction
     tex = (out / "report.tex").read_text(encoding="utf-8")
     assert r"\toprule" in tex and r"clean \%" in tex
     # A second run reads the same rows: its own output under _report/ is ignored.
@@ -305,3 +306,22 @@ def test_build_report_custom_out_dir(results: Path, tmp_path: Path) -> None:
     build_report(results / "s1", out_dir=tmp_path / "out")
     assert (tmp_path / "out" / "report.csv").exists()
     assert not (results / "s1" / "_report").exists()
+
+
+def test_one_plugin_with_two_parameter_values_is_two_configurations(tmp_path: Path) -> None:
+    """CelebA-HQ's Eyeglasses and Smiling share the data set plugin: the summary keeps them
+    apart by naming the parameter that differs (and only that one: the root is the same)."""
+    rows = []
+    for cell, attribute, preds in (("e" * 16, "Eyeglasses", [1, 1]), ("f" * 16, "Smiling", [0, 0])):
+        config = {"dataset": {"name": "celebahq", "params": {"attribute": attribute, "root": "asset:celebahq"}},
+                  "classifier": {"name": "resnet-18-binary", "params": {}}}
+        meta = dict(cell_meta(cell, "none", cell_examples=2, eval_runs=1), dataset="celebahq",
+                    classifier="resnet-18-binary", cell_json=json.dumps(config))
+        rows += [row(meta, ex, 0, y=1, adv_pred=p) for ex, p in enumerate(preds)]
+    write_part(tmp_path, rows[:2])
+    write_part(tmp_path, rows[2:])
+    s = summarise(load_results(tmp_path)).set_index("dataset")
+    assert sorted(s.index) == ["celebahq(attribute=Eyeglasses)", "celebahq(attribute=Smiling)"]
+    assert s.loc["celebahq(attribute=Eyeglasses)", "robust_mean"] == 1.0
+    assert s.loc["celebahq(attribute=Smiling)", "robust_mean"] == 0.0
+    assert (s["classifier"] == "resnet-18-binary").all()

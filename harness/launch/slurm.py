@@ -162,6 +162,7 @@ def submit(grid_path: str | Path, profile: str | None = None, jobs: str | Path =
     from ..catalog import assets_dir, needs, problems, require_grid
     from ..grid import load_grid
     from ..plan import load_plan, make_plan, write_plan
+    from ..results import write_report_spec
 
     grid = load_grid(grid_path)
     root = assets_dir(assets, grid.assets)
@@ -185,6 +186,7 @@ def submit(grid_path: str | Path, profile: str | None = None, jobs: str | Path =
                              "the old one are queued or running (they read the plan when they start); "
                              "wait for them or scancel them, then submit again")
         write_plan(grid, jobs_sweep.parent, assets=root)
+        write_report_spec(results_root, grid.sweep, grid.report)
     out(f"plan: {plan_path}{' (not written: dry run)' if dry_run else ''}")
     out(f"profile: {prof.name} ({prof.path})")
     out(f"results: {results_root}")
@@ -256,7 +258,12 @@ def plan_once(grid_path: str | Path, jobs: str | Path = "jobs") -> Path:
                 raise UsageError(f"{grid_path}: changed since {plan} was planned from it; the array's "
                                  f"row numbers would mean other rows. Plan again (`harness plan`) and resubmit")
             return plan
-        return write_plan(grid, jobs)
+        path = write_plan(grid, jobs)
+        from ..results import write_report_spec
+        from .task import results_dir_for
+
+        write_report_spec(results_dir_for(path), grid.sweep, grid.report)  # the tasks' default
+        return path
 
 
 def main(argv: list[str] | None = None) -> int:

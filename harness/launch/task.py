@@ -45,6 +45,16 @@ def mark_complete(row: dict[str, Any], out: Path, world: World, written: int) ->
     return wrote
 
 
+def write_telemetry(out: Path, rank: int, written: int, device: str, gpu: GpuMonitor,
+                    world: int = 1, backend: str = "single") -> Path:
+    """The telemetry of the run that did the work (rows, device, NVML energy and utilisation),
+    beside its part files: the report's joules per image and cost by device type."""
+    run_id = os.environ.get("SLURM_JOB_ID") or f"pid{os.getpid()}-{int(time.time())}"
+    return atomic_write(out / f"_telemetry-rank-{rank}-{run_id}.json",
+                        json.dumps({"rows": written, "device": device, "world": world, "backend": backend,
+                                    **gpu.info, "system": system_description()}, default=str) + "\n")
+
+
 def run_task(plan_path: str, row_index: int, results: str | None = None, world: World | None = None) -> int:
     """Run one plan row on this rank; returns the rows this rank wrote."""
     return run_task_marked(plan_path, row_index, results, world)[0]
@@ -72,12 +82,8 @@ def run_task_marked(plan_path: str, row_index: int, results: str | None = None,
         if state == "busy":
             print(f"rank {world.rank}: another process is computing this rank's slice of {out}; skipped",
                   file=sys.stderr, flush=True)
-        if written:  # telemetry of the run that did the work, beside its part files
-            run_id = os.environ.get("SLURM_JOB_ID") or f"pid{os.getpid()}-{int(time.time())}"
-            atomic_write(out / f"_telemetry-rank-{world.rank}-{run_id}.json",
-                         json.dumps({"rows": written, "device": device, "world": world.size,
-                                     "backend": world.backend, **gpu.info, "system": system_description()},
-                                    default=str) + "\n")
+        if written:
+            write_telemetry(out, world.rank, written, device, gpu, world.size, world.backend)
     return written, mark_complete(row, out, world, written)
 
 
