@@ -32,7 +32,7 @@ import pandas as pd
 from harness.errors import UsageError
 from harness.results import NONFINITE_PRED
 
-from .engine import ROW_TYPES, Rows, connect, from_frame, normalised_select, q, sql_type
+from .engine import ROW_TYPES, Rows, connect, from_frame, lit, normalised_select, q, sql_type
 from .stats import interval_from_clusters
 
 #: One summary row (and, minus classifier/label, one table) per combination of these.
@@ -100,6 +100,7 @@ def open_results(path: str | os.PathLike[str], with_params: bool = False) -> Row
     if not files:
         raise ResultsError(f"no result files under {path}")
     full: set[str] = set()  # files of this writer: the row invariants apply
+    footer_rows: dict[str, int] = {}
     bad: list[str] = []
     available: dict[str, str] = {}
     empty: list[Path] = []
@@ -115,12 +116,14 @@ def open_results(path: str | os.PathLike[str], with_params: bool = False) -> Row
         available.update({n: str(t) for n, t in zip(schema.names, schema.types)})
         if set(SCHEMA.names) <= set(schema.names):
             full.add(str(f))
+            footer_rows[str(f)] = head.rows
             if head.rows == 0:
                 empty.append(f)
         if head.rows:
             groups.setdefault(tuple(zip(schema.names, map(str, schema.types))), []).append(f)
     good = [f for g in groups.values() for f in g]
     con = connect(on_disk=os.environ.get("HARNESS_REPORT_DISK", "1") == "1")
+    duplicates = pd.DataFrame(columns=["cell", "example", "file_lo", "file_hi"])
     params = _param_fields(available)
     if good:
         kept = params if with_params else []
@@ -134,7 +137,8 @@ def open_results(path: str | os.PathLike[str], with_params: bool = False) -> Row
                                            f"(SELECT *, filename AS source_file FROM parts_{i})", kept)
                 con.execute(f"INSERT INTO rows BY NAME {select}")
                 con.execute(f"DROP VIEW parts_{i}")
-            bad += _row_problems(con, full) + [f"{f}: {_verdict(f)}" for f in empty]
+            problems, duplicates = _row_problems(con, footer_rows)
+            bad += problems + [f"{f}: {_verdict(f)}" for f in empty]
         except Exception as exc:  # noqa: BLE001 (a data page that does not decode)
             bad += _slow_problems(good, exc)
     else:
@@ -146,8 +150,9 @@ def open_results(path: str | os.PathLike[str], with_params: bool = False) -> Row
                            + "\n  ".join(bad))
     if not good:
         raise ResultsError(f"no result rows under {path} ({len(files)} empty file(s))")
-    rows = Rows(con, "rows", params if with_params else [], files=files, extra={"file_params": params})
-    _check_duplicates(rows)
+    rows = Rows(con, "rows", params if with_params else [], files=files,
+                extra={"file_params": params})
+    _check_duplicates(rows, duplicates)
     _check_cells(rows)
     rows.cells = _cells_table(rows, files, params)
     _relabel(rows)
@@ -220,38 +225,50 @@ def _verdict(f: Path) -> str:
     return read_part(f, required=REQUIRED_COLUMNS)[1].reason or "inconsistent rows"
 
 
-def _row_problems(con: Any, full: set[str]) -> list[str]:
-    """Files of this writer whose rows are not exactly their examples × eval runs. One grouped
-    scan screens every file; the few it suspects are read whole, for read_part's reason."""
+def _row_problems(con: Any, footer_rows: dict[str, int]) -> tuple[list[str], pd.DataFrame]:
+    """Files of this writer (``footer_rows``: their row counts) whose rows are not exactly their
+    examples × eval runs, from ONE grouping by (cell, example): its rows, the bit mask of the
+    runs seen (a run seen twice sets one bit for two rows) and the first and last file holding
+    it. The few files it suspects are read whole, for read_part's reason. Returns those problems
+    and the keys seen twice that no bad file of this writer explains, for :func:`_check_duplicates`."""
     from harness.results import _PART_RE
 
-    # No DISTINCT aggregate (slow in DuckDB): per (file, example) counts, then per file. Keys
-    # duplicated within a file are found by _check_duplicates' grouped scan and read whole here.
+    con.execute("""CREATE OR REPLACE TEMP TABLE fe AS
+        SELECT cell, example, count(*) AS c, count(eval_run) AS c_run,
+               bit_or(CASE WHEN eval_run BETWEEN 0 AND 63 THEN (1::UBIGINT << eval_run::INTEGER) END) AS mask,
+               min(eval_run) AS run_min, max(eval_run) AS run_max, count(eval_runs) AS c_decl,
+               min(eval_runs) AS decl_lo, max(eval_runs) AS decl_hi,
+               min(source_file) AS file_lo, max(source_file) AS file_hi
+        FROM rows GROUP BY cell, example""")
+    # runs outside 0..63 cannot be proven unique by the mask: count those cells' keys exactly
+    exact = con.sql("""SELECT DISTINCT cell FROM fe WHERE run_min < 0 OR run_max > 63""").df()["cell"].tolist()
+    dup = con.sql("""SELECT cell, example, file_lo, file_hi FROM fe
+                     WHERE c_run = c AND run_min >= 0 AND run_max <= 63 AND bit_count(mask) < c""").df()
+    if exact:
+        con.register("exact_cells", pd.DataFrame({"cell": exact}))
+        more = con.sql("""SELECT cell, example, min(source_file) AS file_lo, max(source_file) AS file_hi
+                          FROM rows WHERE cell IN (SELECT cell FROM exact_cells)
+                          GROUP BY cell, example, eval_run HAVING count(*) > 1""").df()
+        dup = pd.concat([dup, more.drop_duplicates(["cell", "example"])], ignore_index=True)
+    within = (dup["file_lo"] == dup["file_hi"]) & dup["file_lo"].isin(footer_rows)
+    inside = set(dup.loc[within, "file_lo"])  # read_part names these files' duplicated rows
     stats = con.sql("""
-        WITH fe AS (SELECT source_file, example, count(*) AS c, count(eval_run) AS c_run,
-                           count(eval_runs) AS c_decl, min(eval_runs) AS decl_lo,
-                           max(eval_runs) AS decl_hi, min(eval_run) AS run_min, max(eval_run) AS run_max
-                    FROM rows GROUP BY source_file, example)
-        SELECT source_file, sum(c) AS n, sum(c) FILTER (WHERE example IS NOT NULL) AS n_ex,
-               sum(c_run) AS n_run, sum(c_decl) AS n_decl, min(decl_lo) AS decl,
-               max(decl_hi) AS decl_hi, count(*) AS examples, bool_and(c = decl_lo) AS each_full,
+        SELECT file_lo AS source_file, sum(c) AS n, sum(c_run) AS n_run, sum(c_decl) AS n_decl,
+               min(decl_lo) AS decl, max(decl_hi) AS decl_hi, count(*) AS examples,
+               count(example) AS named, bool_and(c = decl_lo) AS each_full,
+               bool_and(run_min >= 0 AND run_max <= 63 AND bit_count(mask) = c) AS unique_runs,
                min(run_min) AS run_min, max(run_max) AS run_max, min(example) AS first
-        FROM fe GROUP BY source_file""").df()
-    dup_files = set(con.sql("""SELECT DISTINCT source_file FROM (
-        SELECT any_value(source_file) AS source_file FROM rows GROUP BY source_file, cell, example, eval_run
-        HAVING count(*) > 1)""").df()["source_file"])
-    suspects = []
-    for r in stats.itertuples(index=False):
-        if r.source_file not in full:
-            continue
-        m = _PART_RE.match(Path(r.source_file).name)
-        ok = (r.n_ex == r.n and r.n_run == r.n and r.n_decl == r.n and r.decl == r.decl_hi
-              and r.source_file not in dup_files and bool(r.each_full) and r.run_min >= 0
-              and r.run_max < r.decl and r.n == r.examples * r.decl
-              and (m is None or int(m.group(2)) == r.first))
-        if not ok:
-            suspects.append(Path(r.source_file))
-    return [f"{f}: {_verdict(f)}" for f in sorted(suspects)]
+        FROM fe WHERE file_lo = file_hi GROUP BY file_lo""").df().set_index("source_file")
+    want = pd.Series(footer_rows, dtype="int64")
+    st = stats.reindex(want.index)
+    named = pd.Series([_PART_RE.match(Path(f).name) for f in want.index], index=want.index)
+    first = named.map(lambda m: int(m.group(2)) if m else None)
+    ok = ((st["n"] == want) & (st["named"] == st["examples"]) & (st["n_run"] == st["n"])
+          & (st["n_decl"] == st["n"]) & (st["decl"] == st["decl_hi"]) & st["each_full"].eq(True)
+          & st["unique_runs"].eq(True) & (st["run_min"] >= 0) & (st["run_max"] < st["decl"])
+          & (st["n"] == st["examples"] * st["decl"]) & (first.isna() | (first == st["first"])))
+    suspects = set(want.index[~ok.fillna(False).astype(bool)]) | (inside & set(want.index))
+    return [f"{f}: {_verdict(Path(f))}" for f in sorted(suspects)], dup[~within]
 
 
 def _slow_problems(files: list[Path], exc: BaseException) -> list[str]:
@@ -395,19 +412,23 @@ def load_results(path: str | os.PathLike[str]) -> pd.DataFrame:
                                              kind="stable").reset_index(drop=True)
 
 
-def _check_duplicates(rows: Rows) -> None:
-    dup = rows.df(f"""SELECT cell, example, eval_run, count(*) AS k,
-                             list(DISTINCT source_file ORDER BY source_file) AS files
-                      FROM {rows.view} GROUP BY cell, example, eval_run HAVING count(*) > 1
-                      ORDER BY cell, example, eval_run""")
+def _check_duplicates(rows: Rows, dup: pd.DataFrame) -> None:
+    """(cell, example, eval_run) keys in two files (found by _row_problems): a writer or resume
+    bug, named with an example and the files holding it."""
     if dup.empty:
         return
     parts = []
-    for cell, g in list(dup.groupby("cell", sort=True))[:3]:
+    for cell, g in list(dup.sort_values(["cell", "example"]).groupby("cell", sort=True))[:3]:
         first = g.iloc[0]
-        files = ", ".join(sorted({Path(str(s)).name for s in first["files"]}))
-        parts.append(f"cell {cell}: {len(g)} (example, eval_run) key(s) appear more than once, "
-                     f"e.g. example {first['example']} run {first['eval_run']} in {files}")
+        examples = ", ".join(str(int(e)) for e in g["example"])
+        detail = rows.df(f"""SELECT example, eval_run, list(source_file ORDER BY source_file) AS files
+                             FROM {rows.view} WHERE cell = {lit(str(cell))} AND example IN ({examples})
+                             GROUP BY example, eval_run HAVING count(*) > 1 ORDER BY example, eval_run""")
+        run = int(detail["eval_run"].iloc[0]) if len(detail) else "?"
+        files = ", ".join(sorted({Path(str(s)).name for s in (detail["files"].iloc[0] if len(detail) else
+                                                                [first["file_lo"], first["file_hi"]])}))
+        parts.append(f"cell {cell}: {len(detail) or len(g)} (example, eval_run) key(s) appear more than once, "
+                     f"e.g. example {first['example']} run {run} in {files}")
     more = dup["cell"].nunique() - len(parts)
     tail = f"; and {more} more cell(s)" if more > 0 else ""
     raise ResultsError("duplicate result rows (a writer or resume bug): " + "; ".join(parts) + tail)
@@ -480,33 +501,41 @@ def _per_example_sql(src: str) -> str:
     a class: it is never correct, and a tie between the failures and a class goes to the
     failures (the vote key ranks -1 above every class at equal counts); other ties go to the
     smallest class index."""
+    # Narrow on purpose: one row per (cell, example) is the big intermediate (10 M rows at one
+    # run each); per-cell sums (cost, perturbation) come from a separate grouping by cell.
     return f"""
-    WITH r AS (SELECT *, {_NONFINITE_SQL} AS nf, coalesce(grad_nonfinite, 0) AS g FROM {src}),
-    votes AS (SELECT cell, example, adv_pred, count(*) AS k FROM r GROUP BY cell, example, adv_pred),
+    WITH r AS (SELECT cell, example, y, data_index, eval_runs, clean_correct, adv_correct, adv_pred,
+                      clean_pred, {_NONFINITE_SQL} AS nf, coalesce(grad_nonfinite, 0) AS g FROM {src}),
+    votes AS (SELECT cell, example, adv_pred, count(*) AS k FROM r WHERE eval_runs > 1
+              GROUP BY cell, example, adv_pred),
     vote AS (SELECT cell, example, arg_max(adv_pred, k * 4294967296 - adv_pred) AS vote
              FROM votes GROUP BY cell, example),
     ex AS (
       SELECT cell, example, any_value(y) AS y, any_value(coalesce(data_index, example)) AS image,
-             avg(clean_correct::DOUBLE) AS clean, avg(adv_correct::DOUBLE) AS robust_mean,
-             bool_and(adv_correct) AS robust_worst, count(*) AS runs_seen,  -- keys are unique
-             sum(nf::BIGINT) AS nonfinite, max(g) AS grad_nonfinite,
-             count(*) AS n_rows, sum(nfe) AS nfe_sum, fsum(time_s) AS time_sum,
-             sum(grad_evals) AS grad_sum, count(grad_evals) AS grad_rows,
+             sum(clean_correct::BIGINT) AS clean_rows, sum(adv_correct::BIGINT) AS robust_rows,
+             count(*) AS runs_seen,  -- (cell, example, eval_run) keys are unique
+             bool_and(adv_correct) AS robust_worst, sum(nf::BIGINT) AS nonfinite,
+             max(g) AS grad_nonfinite, any_value(adv_pred) AS one_pred,
              coalesce(min(clean_pred) <> max(clean_pred), false)
-               OR min(adv_pred) <> max(adv_pred) AS varies,
-             sum(perturbation) FILTER (WHERE adv_correct) AS pert_sum,
-             count(perturbation) FILTER (WHERE adv_correct) AS pert_rows,
-             sum(adv_correct::BIGINT) AS robust_rows, sum(clean_correct::BIGINT) AS clean_rows,
-             bool_or(found_by IS NOT NULL) AS found_by,
-             bool_or(grad_nonfinite IS NOT NULL) AS grad_recorded
+               OR min(adv_pred) <> max(adv_pred) AS varies
       FROM r GROUP BY cell, example)
-    SELECT ex.*, (vote.vote = ex.y AND vote.vote <> {NONFINITE_PRED}) AS robust_vote
-    FROM ex JOIN vote USING (cell, example)"""
+    SELECT ex.* EXCLUDE (one_pred),
+           (coalesce(vote.vote, ex.one_pred) = ex.y AND coalesce(vote.vote, ex.one_pred) <> {NONFINITE_PRED})
+             AS robust_vote
+    FROM ex LEFT JOIN vote USING (cell, example)"""
 
 
 def _cell_constants_sql(src: str) -> str:
+    """Per cell: its planned constants, and the sums over its rows that need no per-example step."""
     return f"""SELECT cell, any_value(sweep) AS sweep, {', '.join(f'any_value({q(c)}) AS {q(c)}' for c in _CELL_CONSTANT)},
-                      any_value(purifier) AS purifier, any_value(attack) AS attack, any_value(seed) AS seed
+                      any_value(purifier) AS purifier, any_value(attack) AS attack, any_value(seed) AS seed,
+                      count(*) AS rows, sum(nfe) AS nfe_sum, fsum(time_s) AS time_s,
+                      sum(grad_evals) AS grad_sum, count(grad_evals) AS grad_rows,
+                      sum(perturbation) FILTER (WHERE adv_correct) AS pert_sum,
+                      count(perturbation) FILTER (WHERE adv_correct) AS pert_rows,
+                      sum(adv_correct::BIGINT) AS robust_rows_cell,
+                      bool_or(found_by IS NOT NULL) AS found_by,
+                      bool_or(grad_nonfinite IS NOT NULL) AS grad_recorded
                FROM {src} GROUP BY cell"""
 
 
@@ -538,7 +567,7 @@ def aggregate(data: pd.DataFrame | Rows, worst_of: bool = True, z: float = 1.96)
     rows = as_rows(data)
     src = rows.view
     if worst_of:
-        worst = _worst_sql(rows)
+        worst = _worst_sql(rows, _WORST_REPORT_COLUMNS)
         if worst is not None:
             src = f"(SELECT * FROM {rows.view} UNION ALL BY NAME {worst})"
     ex, cc = _materialise(rows, src, "all")
@@ -547,30 +576,31 @@ def aggregate(data: pd.DataFrame | Rows, worst_of: bool = True, z: float = 1.96)
         SELECT e.cell, any_value(c.gid) AS gid, count(*) AS seen,
                sum((e.runs_seen >= c.eval_runs)::BIGINT) AS all_runs,
                any_value(c.cell_examples) AS planned, any_value(c.eval_runs) AS eval_runs,
-               sum(e.n_rows) AS rows, sum(e.nfe_sum) AS nfe_sum, fsum(e.time_sum) AS time_s,
-               sum(e.grad_sum) AS grad_sum, sum(e.grad_rows) AS grad_rows
+               any_value(c.rows) AS rows, any_value(c.nfe_sum) AS nfe_sum, any_value(c.time_s) AS time_s,
+               any_value(c.grad_sum) AS grad_sum, any_value(c.grad_rows) AS grad_rows
         FROM {ex} e JOIN {cc} c USING (cell) GROUP BY e.cell""")
     per_cell["complete"] = (per_cell["seen"] == per_cell["planned"]) & (per_cell["all_runs"] == per_cell["planned"])
     groups = rows.df(f"""
         WITH e AS (SELECT e.*, c.gid FROM {ex} e JOIN {cc} c USING (cell)),
-        img AS (SELECT gid, image, sum(robust_mean) AS t, count(*) AS m FROM e GROUP BY gid, image),
+        img AS (SELECT gid, image, sum(robust_rows / runs_seen) AS t, count(*) AS m FROM e GROUP BY gid, image),
         ratio AS (SELECT gid, sum(t) / sum(m) AS r, count(*) AS k, sum(m) AS m_sum,
                          bool_and(t = 0 OR t = m) AS all01 FROM img GROUP BY gid),
         spread AS (SELECT img.gid, sum((t - r * m) * (t - r * m)) AS squares
                    FROM img JOIN ratio USING (gid) GROUP BY img.gid),
         g AS (SELECT gid, count(*) AS cell_n,
-                     avg(clean) AS clean, avg(robust_mean) AS robust_mean,
                      avg(robust_vote::DOUBLE) AS robust_vote, avg(robust_worst::DOUBLE) AS robust_worst,
                      sum(nonfinite) AS nonfinite, sum(grad_nonfinite) AS grad_nonfinite,
                      count_if(grad_nonfinite > 0) AS grad_nonfinite_examples,
-                     sum(n_rows) AS rows, sum(nfe_sum) / sum(n_rows) AS nfe, fsum(time_sum) AS time_s,
+                     bool_or(varies) AS random_seen
+              FROM e GROUP BY gid),
+        c AS (SELECT gid, sum(rows) AS rows, sum(nfe_sum) / sum(rows) AS nfe, fsum(time_s) AS time_s,
                      sum(grad_sum) / nullif(sum(grad_rows), 0) AS grad_evals,
-                     bool_or(varies) AS random_seen,
                      sum(pert_sum) / nullif(sum(pert_rows), 0) AS pert_robust,
-                     sum(robust_rows) AS robust_rows, bool_or(found_by) AS found_by,
+                     sum(robust_rows_cell) AS robust_rows, bool_or(found_by) AS found_by,
                      bool_or(grad_recorded) AS grad_recorded
-              FROM e GROUP BY gid)
-        SELECT *, k AS n FROM g JOIN ratio USING (gid) JOIN spread USING (gid) ORDER BY gid""")
+              FROM {cc} GROUP BY gid)
+        SELECT *, k AS n FROM g JOIN ratio USING (gid) JOIN spread USING (gid) JOIN c USING (gid)
+        ORDER BY gid""")
     _exact_means(groups, rows.df(f"""
         SELECT c.gid, e.runs_seen AS runs, sum(e.clean_rows) AS k_clean, sum(e.robust_rows) AS k_robust,
                count(*) AS examples
@@ -585,7 +615,9 @@ def aggregate(data: pd.DataFrame | Rows, worst_of: bool = True, z: float = 1.96)
     summary = _summary_frame(groups, consts, per_cell, rows.cells, cell_gid, z)
     info = _info_frame(groups, consts, rows.cells, cell_gid)
     totals = sweep_totals(rows)
-    constants = rows.df(f"SELECT * EXCLUDE (gid, cell_examples, eval_runs) FROM {cc}")
+    constants = rows.df(f"""SELECT * EXCLUDE (gid, cell_examples, eval_runs, rows, nfe_sum, time_s, grad_sum,
+                                              grad_rows, pert_sum, pert_rows, robust_rows_cell, found_by,
+                                              grad_recorded) FROM {cc}""")
     constants["device"] = constants["cell"].map(devices.dropna().groupby("cell")["device"].agg(
         lambda v: ",".join(sorted(set(v)))))
     per_cell = per_cell.merge(constants, on="cell")
@@ -709,7 +741,8 @@ def per_example(df: pd.DataFrame | Rows) -> pd.DataFrame:
     image it shows (``image``), its non-finite rows and its attack's non-finite gradients."""
     rows = as_rows(df)
     ex, cc = _materialise(rows, rows.view, "pe")
-    out = rows.df(f"""SELECT e.cell, e.example, e.y, e.image, e.clean, e.robust_mean, e.robust_worst,
+    out = rows.df(f"""SELECT e.cell, e.example, e.y, e.image, e.clean_rows / e.runs_seen AS clean,
+                             e.robust_rows / e.runs_seen AS robust_mean, e.robust_worst,
                              e.runs_seen, e.nonfinite, e.grad_nonfinite, e.robust_vote,
                              {', '.join(f'c.{q(k)}' for k in _CELL_CONSTANT)}, c.sweep
                       FROM {ex} e JOIN {cc} c USING (cell) ORDER BY e.cell, e.example""")
@@ -746,7 +779,11 @@ def summarise(df: pd.DataFrame | Rows, z: float = 1.96) -> pd.DataFrame:
 WORST_OF = "worst-of"
 
 
-def _worst_sql(rows: Rows) -> str | None:
+#: What the summary reads of a worst-of row beyond its combined outcome (the report path).
+_WORST_REPORT_COLUMNS = ("y", "data_index", "clean_pred", "clean_correct", "purifier", "device")
+
+
+def _worst_sql(rows: Rows, columns: tuple[str, ...] | None = None) -> str | None:
     """SQL of the worst-of rows of ``rows`` (None when no defence met two attacks): for every
     defence attacked by two or more attacks at the same threat and eps (and sweep, seed), an
     example counts as robust in evaluation run r only if it is robust under every attack in run
@@ -774,17 +811,21 @@ def _worst_sql(rows: Rows) -> str | None:
         "adv_pred", "adv_correct", "nfe", "time_s", "grad_nonfinite", "grad_evals", "nonfinite_row",
         "cell_json", "source_file"}]
     params = [n for n, _ in rows.params if not n.startswith("attack.")]
+    if columns is not None:  # only what the caller reads (each is one more aggregate per key)
+        firsts, params = [c for c in firsts if c in columns], []
     return f"""(
       WITH {groups},
-      cw AS (SELECT unnest(list_transform(cells, lambda c: c)) AS cell, wid, nl FROM lw),
+      cw AS (SELECT pc.cell, lw.wid, lw.nl, list_position(lw.labels, pc.attack_label) AS pos
+             FROM pc JOIN (SELECT wid, nl, labels, unnest(cells) AS cell FROM lw) lw USING (cell)),
+      -- arg_min(.., pos): the value on the row of the first attack by label (no sort per group)
       w AS (SELECT wid, example, eval_run, count(*) AS c, any_value(nl) AS nl,
                    bool_and(adv_correct) AS adv_correct,
-                   coalesce(first(adv_pred ORDER BY attack_label) FILTER (WHERE NOT adv_correct),
-                            first(adv_pred ORDER BY attack_label)) AS adv_pred,
+                   coalesce(arg_min(adv_pred, pos) FILTER (WHERE NOT adv_correct),
+                            arg_min(adv_pred, pos)) AS adv_pred,
                    bool_or({_NONFINITE_SQL}) AS nonfinite_row,
                    sum(coalesce(grad_nonfinite, 0)) AS grad_nonfinite,
                    sum(grad_evals) AS grad_evals, sum(nfe) AS nfe, sum(time_s) AS time_s,
-                   {', '.join(f'first({q(c)} ORDER BY attack_label) AS {q(c)}' for c in [*firsts, *params])}
+                   {', '.join(f'arg_min_null({q(c)}, pos) AS {q(c)}' for c in [*firsts, *params])}
             FROM {rows.view} JOIN cw USING (cell) GROUP BY wid, example, eval_run)
       SELECT {', '.join(f'lw.{q(c)}' for c in keys)},
              'worst:' || array_to_string(list_transform(lw.cells, lambda c: c[1:8]), '+') AS cell,

@@ -43,15 +43,16 @@ def test_smoke_grid_counts() -> None:
     # purifier: none, tucker, diffpure, lorid × tucker[none, pre] = 5 variants;
     # attack: none, pgd × gradient[exact, greybox] = 3 variants → 15 cells;
     # the two excludes each remove one (none|tucker × greybox) → 13; + a 2× PGD rung for lorid
-    # (tucker none) only → 14.
+    # (tucker none) only → 14; + PGD at eps 0.1 on none and lorid (tucker none) → 16; + the
+    # t_s/loops ablation (3 LoRIDs, clean and the exact PGD at eps 0.25 each) → 21.
     g = load_grid(SMOKE)
-    assert len(g.cells) == 14
+    assert len(g.cells) == 21
     assert (g.sweep, g.examples, g.batch_size, g.shard_size, g.seeds, g.eval_runs) == \
         ("smoke", 100, 50, 100, [0], 3)
     pairs = {(c["purifier"]["name"], c["attack"]["params"].get("gradient")) for c in g.cells}
     assert ("none", "greybox") not in pairs and ("tucker", "greybox") not in pairs
     assert ("lorid", "greybox") in pairs and ("none", None) in pairs
-    assert len({cell_hash(c) for c in g.cells}) == 14
+    assert len({cell_hash(c) for c in g.cells}) == 21
 
 
 def test_defaults_filled() -> None:

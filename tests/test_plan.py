@@ -47,8 +47,8 @@ def test_shard_ranges(tmp_path: Path) -> None:
 
 def test_smoke_plan() -> None:
     df = make_plan(load_grid(SMOKE))
-    assert len(df) == 14  # 14 cells, 100 examples in one shard of 100
-    assert summary(df).startswith("14 cells × 100 examples = 1400 cell-examples in 14 shards")
+    assert len(df) == 21  # 21 cells, 100 examples in one shard of 100
+    assert summary(df).startswith("21 cells × 100 examples = 2100 cell-examples in 21 shards")
 
 
 def test_row_carries_cell(tmp_path: Path) -> None:
