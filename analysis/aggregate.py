@@ -53,7 +53,7 @@ SUMMARY_COLUMNS: tuple[str, ...] = (
     "robust_mean", "ci_lo", "ci_hi", "robust_vote", "robust_worst", "nonfinite", "grad_nonfinite",
     "grad_nonfinite_examples", "nfe", "time_s", "sweeps",
 )
-#: Per-row failure columns added by :func:`with_failures` (worst-of rows combine them).
+#: A worst-of row's failure carried in from its attacks (the statistics read it with the preds).
 ROW_NONFINITE = "nonfinite_row"
 
 
@@ -122,7 +122,7 @@ def open_results(path: str | os.PathLike[str], with_params: bool = False) -> Row
         if head.rows:
             groups.setdefault(tuple(zip(schema.names, map(str, schema.types))), []).append(f)
     good = [f for g in groups.values() for f in g]
-    con = connect(on_disk=os.environ.get("HARNESS_REPORT_DISK", "1") == "1")
+    con = connect(on_disk=True)
     duplicates = pd.DataFrame(columns=["cell", "example", "file_lo", "file_hi"])
     params = _param_fields(available)
     if good:
@@ -150,8 +150,7 @@ def open_results(path: str | os.PathLike[str], with_params: bool = False) -> Row
                            + "\n  ".join(bad))
     if not good:
         raise ResultsError(f"no result rows under {path} ({len(files)} empty file(s))")
-    rows = Rows(con, "rows", params if with_params else [], files=files,
-                extra={"file_params": params})
+    rows = Rows(con, "rows", params if with_params else [])
     _check_duplicates(rows, duplicates)
     _check_cells(rows)
     rows.cells = _cells_table(rows, files, params)
@@ -293,10 +292,12 @@ def _cell_file(directory: Path, cache: dict[Path, dict[str, str] | None]) -> dic
     return cache[directory]
 
 
-def _telemetry(directory: Path) -> dict[str, float]:
-    """Rows, joules and devices the tasks of one cell directory recorded (NVML, where present)."""
+def _telemetry(directory: Path | None) -> dict[str, float]:
+    """Rows, joules and devices the tasks of one cell directory recorded (NVML, where present;
+    nothing for rows outside a cell directory)."""
     tel_rows, energy, energy_rows, gpus = 0, 0.0, 0, set()
-    for f in sorted(directory.glob("shard=*/_telemetry-rank-*.json")):
+    found = sorted(directory.glob("shard=*/_telemetry-rank-*.json")) if directory is not None else []
+    for f in found:
         try:
             doc = json.loads(f.read_text())
         except (OSError, ValueError):
@@ -341,7 +342,7 @@ def _cells_table(rows: Rows, files: list[Path], params: list[tuple[str, str]]) -
         assets = r["assets"] if isinstance(r["assets"], str) else (meta or {}).get("assets")
         records.append({"cell": cell, "cell_json": cell_json, "assets": assets,
                         "mixed_assets": int(r["asset_kinds"]) > 1,
-                        **(_telemetry(d) if d is not None else _telemetry(Path("/nonexistent")))})
+                        **_telemetry(d)})
     cells = pd.DataFrame.from_records(records, columns=[
         "cell", "cell_json", "assets", "mixed_assets", "telemetry_rows", "energy_j", "energy_rows", "gpu"])
     return _with_params(cells, params)
@@ -481,20 +482,6 @@ _NONFINITE_SQL = (f"(adv_pred = {NONFINITE_PRED} OR coalesce(clean_pred = {NONFI
                   "OR coalesce(nonfinite_row, false))")
 
 
-def with_failures(df: pd.DataFrame) -> pd.DataFrame:
-    """``df`` with a boolean ``nonfinite_row`` (a -1 clean or adversarial prediction, or one
-    carried in by a worst-of row) and ``grad_nonfinite`` filled with 0 where absent (the SQL
-    of the report computes the same, :data:`_NONFINITE_SQL`)."""
-    bad = df["adv_pred"] == NONFINITE_PRED
-    if "clean_pred" in df.columns:
-        bad = bad | (df["clean_pred"] == NONFINITE_PRED)
-    if ROW_NONFINITE in df.columns:
-        bad = bad | df[ROW_NONFINITE].eq(True)
-    grad = (df["grad_nonfinite"].fillna(0) if "grad_nonfinite" in df.columns
-            else pd.Series(0, index=df.index))
-    return df.assign(**{ROW_NONFINITE: bad.to_numpy(), "grad_nonfinite": grad.astype("int64")})
-
-
 def _per_example_sql(src: str) -> str:
     """One row per (cell, example): the per-example numbers, the sums the group statistics and
     validity checks need, and the majority vote. A non-finite prediction (-1) is a failure, not
@@ -568,8 +555,9 @@ def aggregate(data: pd.DataFrame | Rows, worst_of: bool = True, z: float = 1.96)
     src = rows.view
     if worst_of:
         worst = _worst_sql(rows, _WORST_REPORT_COLUMNS)
-        if worst is not None:
-            src = f"(SELECT * FROM {rows.view} UNION ALL BY NAME {worst})"
+        if worst is not None:  # a table, not a subquery: three queries below read it
+            rows.con.execute(f"CREATE OR REPLACE TEMP TABLE worst_rows AS SELECT * FROM {worst}")
+            src = f"(SELECT * FROM {rows.view} UNION ALL BY NAME SELECT * FROM worst_rows)"
     ex, cc = _materialise(rows, src, "all")
     keys = list(GROUP_KEYS)
     per_cell = rows.df(f"""
@@ -580,12 +568,25 @@ def aggregate(data: pd.DataFrame | Rows, worst_of: bool = True, z: float = 1.96)
                any_value(c.grad_sum) AS grad_sum, any_value(c.grad_rows) AS grad_rows
         FROM {ex} e JOIN {cc} c USING (cell) GROUP BY e.cell""")
     per_cell["complete"] = (per_cell["seen"] == per_cell["planned"]) & (per_cell["all_runs"] == per_cell["planned"])
+    counts = rows.df(f"""
+        SELECT c.gid, e.runs_seen AS runs, sum(e.clean_rows) AS k_clean, sum(e.robust_rows) AS k_robust,
+               count(*) AS examples
+        FROM {ex} e JOIN {cc} c USING (cell) GROUP BY c.gid, e.runs_seen""")
+    rows.con.register("group_lcm", _common_denominators(counts))
+    # Per image T_i = sum over its (cell, example) of k / runs, held as the integer T_i * L (L: the
+    # lcm of the group's run counts), so every sum below is exact and independent of the order a
+    # parallel scan adds in: the interval is the same to the last bit on every run.
     groups = rows.df(f"""
         WITH e AS (SELECT e.*, c.gid FROM {ex} e JOIN {cc} c USING (cell)),
-        img AS (SELECT gid, image, sum(robust_rows / runs_seen) AS t, count(*) AS m FROM e GROUP BY gid, image),
-        ratio AS (SELECT gid, sum(t) / sum(m) AS r, count(*) AS k, sum(m) AS m_sum,
-                         bool_and(t = 0 OR t = m) AS all01 FROM img GROUP BY gid),
-        spread AS (SELECT img.gid, sum((t - r * m) * (t - r * m)) AS squares
+        img AS (SELECT gid, image, sum(robust_rows * (l // runs_seen))::HUGEINT AS tn, count(*) AS m,
+                       any_value(l) AS l
+                FROM e JOIN group_lcm USING (gid) GROUP BY gid, image),
+        ratio AS (SELECT gid, sum(tn) AS tn_sum, count(*) AS k, sum(m) AS m_sum,
+                         bool_and(tn = 0 OR tn = m * l) AS all01, any_value(l) AS l
+                  FROM img GROUP BY gid),
+        spread AS (SELECT img.gid, sum(((ratio.m_sum * img.tn - ratio.tn_sum * img.m)
+                                        * (ratio.m_sum * img.tn - ratio.tn_sum * img.m))::HUGEINT)::VARCHAR
+                              AS squares_num  -- as text: a DataFrame would turn a HUGEINT into a float
                    FROM img JOIN ratio USING (gid) GROUP BY img.gid),
         g AS (SELECT gid, count(*) AS cell_n,
                      avg(robust_vote::DOUBLE) AS robust_vote, avg(robust_worst::DOUBLE) AS robust_worst,
@@ -601,37 +602,47 @@ def aggregate(data: pd.DataFrame | Rows, worst_of: bool = True, z: float = 1.96)
               FROM {cc} GROUP BY gid)
         SELECT *, k AS n FROM g JOIN ratio USING (gid) JOIN spread USING (gid) JOIN c USING (gid)
         ORDER BY gid""")
-    _exact_means(groups, rows.df(f"""
-        SELECT c.gid, e.runs_seen AS runs, sum(e.clean_rows) AS k_clean, sum(e.robust_rows) AS k_robust,
-               count(*) AS examples
-        FROM {ex} e JOIN {cc} c USING (cell) GROUP BY c.gid, e.runs_seen"""))
+    rows.con.unregister("group_lcm")
+    _exact_means(groups, counts)
     consts = rows.df(f"""SELECT gid, {', '.join(f'any_value({q(k)}) AS {q(k)}' for k in keys)},
                                 any_value(purifier) AS purifier, any_value(attack) AS attack,
                                 count(*) AS cells, string_agg(DISTINCT sweep, ',' ORDER BY sweep) AS sweeps
                          FROM {cc} GROUP BY gid""").set_index("gid")
-    devices = rows.df(f"SELECT DISTINCT cell, device FROM {src}").merge(rows.df(f"SELECT cell, gid FROM {cc}"), on="cell")
-    consts["devices"] = devices.dropna().groupby("gid")["device"].agg(lambda v: sorted(set(v)))
     cell_gid = rows.df(f"SELECT cell, gid FROM {cc}")
+    devices = rows.df(f"SELECT DISTINCT cell, device FROM {src}").dropna().merge(cell_gid, on="cell")
+    consts["devices"] = devices.groupby("gid")["device"].agg(lambda v: sorted(set(v)))
     summary = _summary_frame(groups, consts, per_cell, rows.cells, cell_gid, z)
     info = _info_frame(groups, consts, rows.cells, cell_gid)
     totals = sweep_totals(rows)
     constants = rows.df(f"""SELECT * EXCLUDE (gid, cell_examples, eval_runs, rows, nfe_sum, time_s, grad_sum,
                                               grad_rows, pert_sum, pert_rows, robust_rows_cell, found_by,
                                               grad_recorded) FROM {cc}""")
-    constants["device"] = constants["cell"].map(devices.dropna().groupby("cell")["device"].agg(
+    constants["device"] = constants["cell"].map(devices.groupby("cell")["device"].agg(
         lambda v: ",".join(sorted(set(v)))))
     per_cell = per_cell.merge(constants, on="cell")
     if rows.cells is not None:
         per_cell = per_cell.merge(rows.cells[["cell", "energy_j", "energy_rows", "gpu"]], on="cell", how="left")
-    for t in (ex, cc):
+    for t in (ex, cc, "worst_rows"):
         rows.con.execute(f"DROP TABLE IF EXISTS {t}")
     return Aggregate(summary, info, per_cell, totals)
 
 
+def _common_denominators(counts: pd.DataFrame) -> pd.DataFrame:
+    """Per group, the lcm of its examples' run counts (the denominator of every k / runs)."""
+    from math import lcm
+
+    out = counts.groupby("gid")["runs"].agg(lambda r: lcm(*(int(x) for x in r)))
+    if (out > 2**40).any():  # would overflow the integer sums (only with hundreds of run counts)
+        raise ResultsError("too many different numbers of evaluation runs in one configuration "
+                           f"(lcm {out.max()}) to sum the interval exactly")
+    return out.rename("l").reset_index()
+
+
 def _exact_means(groups: pd.DataFrame, counts: pd.DataFrame) -> None:
-    """Replace the group means of per-example accuracies (k / runs each) by their exact value:
-    integer sums per number of runs, added as fractions and rounded once. Deterministic,
-    whatever order a parallel scan summed in (a float sum differs in the last bit)."""
+    """The group means of per-example accuracies (k / runs each) and the interval's sums as
+    exact fractions, rounded once: integer sums per number of runs (means) and the integer
+    numerators of the per-image totals (``tn_sum``, ``squares_num`` over (L * M)^2).
+    Deterministic, whatever order a parallel scan summed in (a float sum differs in the last bit)."""
     from fractions import Fraction
 
     exact: dict[int, list[Fraction]] = {}
@@ -643,6 +654,8 @@ def _exact_means(groups: pd.DataFrame, counts: pd.DataFrame) -> None:
     for col, i in (("clean", 0), ("robust_mean", 1)):
         groups[col] = [float(exact[g][i] / exact[g][2]) for g in groups["gid"]]
     groups["r"] = groups["robust_mean"]
+    groups["squares"] = [float(Fraction(int(sq), (int(l) * int(m)) ** 2))
+                         for sq, l, m in zip(groups["squares_num"], groups["l"], groups["m_sum"])]
 
 
 def sweep_totals(data: pd.DataFrame | Rows) -> dict[str, Any]:
@@ -845,5 +858,4 @@ def with_worst_over_attacks(df: pd.DataFrame) -> pd.DataFrame:
         return df
     worst = rows.df(f"SELECT * FROM {sql}")
     worst = worst[[c for c in worst.columns if c in df.columns or c == ROW_NONFINITE]]
-    base = df if ROW_NONFINITE in df.columns else with_failures(df)
-    return pd.concat([base, worst], ignore_index=True)
+    return pd.concat([df, worst], ignore_index=True)

@@ -13,7 +13,7 @@ import math
 
 import pandas as pd
 
-from .tables import format_eps
+from .tables import aligned, format_eps
 
 WORST_PREFIX = "worst:"
 
@@ -69,16 +69,14 @@ def by_device(cells: pd.DataFrame) -> pd.DataFrame:
 
 
 def _text_table(frame: pd.DataFrame, numeric: set[str]) -> list[str]:
-    cells = [[str(c) for c in frame.columns]]
-    for r in frame.itertuples(index=False):
-        cells.append([_num(v) if c in numeric else ("" if v is None or (isinstance(v, float) and math.isnan(v)) else str(v))
-                      for c, v in zip(frame.columns, r)])
-    widths = [max(len(row[i]) for row in cells) for i in range(len(frame.columns))]
-    right = [c in numeric or c == "rows" for c in frame.columns]
-    lines = ["  ".join(v.rjust(w) if r else v.ljust(w) for v, w, r in zip(row, widths, right)).rstrip()
-             for row in cells]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return lines
+    def text(column: str, v: object) -> str:
+        if column in numeric:
+            return _num(v)  # type: ignore[arg-type]
+        return "" if v is None or (isinstance(v, float) and math.isnan(v)) else str(v)
+
+    headers = [str(c) for c in frame.columns]
+    rows = [[text(c, v) for c, v in zip(frame.columns, r)] for r in frame.itertuples(index=False)]
+    return aligned(headers, rows, [c in numeric or c == "rows" for c in frame.columns])
 
 
 def totals_line(cells: pd.DataFrame) -> str:

@@ -19,7 +19,6 @@ import shutil
 import tempfile
 import weakref
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -82,7 +81,6 @@ class Rows:
     view: str
     params: list[tuple[str, str]] = field(default_factory=list)
     cells: pd.DataFrame | None = None
-    files: list[Path] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def sql(self, query: str) -> Any:
@@ -90,13 +88,6 @@ class Rows:
 
     def df(self, query: str) -> pd.DataFrame:
         return self.con.sql(query).df()
-
-    def has(self, column: str) -> bool:
-        return column in self.columns
-
-    @property
-    def columns(self) -> list[str]:
-        return [d[0] for d in self.con.sql(f"SELECT * FROM {self.view} LIMIT 0").description]
 
 
 def normalised_select(available: dict[str, str], source: str,
@@ -134,7 +125,7 @@ def from_frame(df: pd.DataFrame, con: Any | None = None, name: str = "rows") -> 
     params = [(c, _frame_param_type(frame[c])) for c in frame.columns if "." in c]
     available = {c: "" for c in frame.columns}
     con.execute(f"CREATE OR REPLACE VIEW {name} AS {normalised_select(available, raw, params)}")
-    return Rows(con, name, params, extra={"frame": frame})
+    return Rows(con, name, params, extra={"frame": frame})  # the view reads this frame: keep it alive
 
 
 def _frame_param_type(s: pd.Series) -> str:

@@ -620,13 +620,15 @@ def _render(spec: FigureSpec, fmt: str) -> Figure:
     return Figure(spec.name, spec.title, fmt, buf.getvalue(), " ".join(notes))
 
 
-def make_figures(summary: pd.DataFrame, fmt: str = "png", *, limit: int = MAX_FIGURES) -> list[Figure]:
-    """Render the figures of :func:`figure_plan` (at most ``limit``) as ``fmt`` ("png" or "svg").
+def make_figures(summary: pd.DataFrame, fmt: str = "png", *, limit: int = MAX_FIGURES,
+                 plan: FigurePlan | None = None) -> list[Figure]:
+    """Render the figures of ``plan`` (default: :func:`figure_plan` of ``summary``, at most
+    ``limit``) as ``fmt`` ("png" or "svg"); a caller that also shows the plan's note passes it.
 
     The same summary always gives the same bytes. Raises ValueError for another ``fmt``."""
     if fmt not in FORMATS:
         raise ValueError(f"figure format must be one of {', '.join(FORMATS)}, got {fmt!r}")
-    plan = figure_plan(summary, limit)
+    plan = plan if plan is not None else figure_plan(summary, limit)
     with matplotlib.rc_context(_RC):
         return [_render(spec, fmt) for spec in plan.specs]
 

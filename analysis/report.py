@@ -212,7 +212,7 @@ def build_report(results_path: str | os.PathLike[str],
     figures, note = [], ""
     if opts.plots != "none":
         plan = figure_plan(shown)
-        figures, note = make_figures(shown, opts.plots), plan.note
+        figures, note = make_figures(shown, opts.plots, plan=plan), plan.note
     write_figures(figures, out)  # also clears an earlier run's figures
     lines_complete = completeness_lines(partial, len(summary))
     extra = [*sections, ("Cost", cost_text), *([("Reference numbers", ref_text)] if ref_text else []),

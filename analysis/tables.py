@@ -140,6 +140,18 @@ def iter_tables(summary: pd.DataFrame
         yield title_parts(*key), headers, rows, notes
 
 
+def aligned(headers: list[str], rows: list[list[str]], right: list[bool]) -> list[str]:
+    """A plain-text table: the header, a rule of dashes, then the rows, each column as wide as
+    its widest cell and right-aligned where ``right`` says (numbers)."""
+    widths = [max(len(r[i]) for r in [headers, *rows]) for i in range(len(headers))]
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(c.rjust(w) if r else c.ljust(w)
+                         for c, w, r in zip(cells, widths, right)).rstrip()
+
+    return [line(headers), "  ".join("-" * w for w in widths), *(line(r) for r in rows)]
+
+
 def render_text(summary: pd.DataFrame) -> str:
     """Aligned plain-text tables for the console."""
     blocks = []
@@ -148,16 +160,8 @@ def render_text(summary: pd.DataFrame) -> str:
         if FLAGS_HEADER in headers:  # flagged table: keep the unmarked numbers aligned
             rows = [[c if i != robust_col or c.endswith(FLAG) else c + "  " for i, c in enumerate(r)]
                     for r in rows]
-        widths = [max(len(r[i]) for r in [headers, *rows]) for i in range(len(headers))]
-        right = [i for i, h in enumerate(headers) if right_aligned(h)]
-
-        def line(cells: list[str]) -> str:
-            return "  ".join(c.rjust(w) if i in right else c.ljust(w)
-                             for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
-
-        body = [" · ".join(parts), line(headers), "  ".join("-" * w for w in widths)]
-        body += [line(r) for r in rows] + notes
-        blocks.append("\n".join(body))
+        right = [right_aligned(h) for h in headers]
+        blocks.append("\n".join([" · ".join(parts), *aligned(headers, rows, right), *notes]))
     return "\n\n".join(blocks) + "\n"
 
 
