@@ -32,7 +32,8 @@ import pandas as pd
 from harness.errors import UsageError
 from harness.results import NONFINITE_PRED
 
-from .engine import ROW_TYPES, Rows, connect, from_frame, lit, normalised_select, q, sql_type
+from .engine import (FILE_CONSTANT, ROW_TYPES, Rows, connect, from_frame, lit, normalised_select, q,
+                     sql_type)
 from .stats import interval_from_clusters
 
 #: One summary row (and, minus classifier/label, one table) per combination of these.
@@ -87,56 +88,47 @@ def open_results(path: str | os.PathLike[str], with_params: bool = False) -> Row
 
     The columns the report reads (``with_params``: and the parameter columns) are copied once
     into a compressed on-disk DuckDB table: one Parquet scan instead of one per query, and the
-    many queries that follow (checks, statistics) run on DuckDB's own storage.
+    many queries that follow (checks, statistics) run on DuckDB's own storage. A part whose
+    footer proves it holds one value of each per-file column (engine.FILE_CONSTANT: the
+    cell's identity, plugins, provenance; every file this writer writes) has only its per-row
+    columns copied, and those values stored once per file (see :func:`_copy_rows`).
 
     Raises :class:`ResultsError` when there are no part files, a file is bad (unreadable, a
     required column missing or mistyped, not exactly its examples × eval runs: the reason
     :func:`harness.results.read_part` gives), a completion marker lists a missing part, a
     (cell, example, eval_run) key appears more than once, or a cell's planned values disagree.
     """
-    from harness.results import SCHEMA, check_header
+    from harness.results import SCHEMA
 
     files = find_part_files(path)
     if not files:
         raise ResultsError(f"no result files under {path}")
-    full: set[str] = set()  # files of this writer: the row invariants apply
-    footer_rows: dict[str, int] = {}
+    footer_rows: dict[str, int] = {}  # files of this writer: the row invariants apply
     bad: list[str] = []
     available: dict[str, str] = {}
     empty: list[Path] = []
-    from concurrent.futures import ThreadPoolExecutor
-
-    with ThreadPoolExecutor(max_workers=8) as pool:  # footer reads wait on the file system
-        headers = list(pool.map(lambda f: check_header(f, required=REQUIRED_COLUMNS), files))
-    groups: dict[tuple, list[Path]] = {}  # files by schema: each group is one plain scan
-    for f, (schema, head) in zip(files, headers):
-        if schema is None:
+    # Files by (schema, constants proven): each group is one plain scan. A file whose footer
+    # proves its FILE_CONSTANT columns is copied narrow (its constants stored once, in `files`).
+    groups: dict[tuple, list[tuple[Path, Any]]] = {}
+    writer = set(SCHEMA.names)
+    for f, (key, head) in zip(files, _footers(files)):
+        if key is None:
             bad.append(f"{f}: {head.reason}")
             continue
-        available.update({n: str(t) for n, t in zip(schema.names, schema.types)})
-        if set(SCHEMA.names) <= set(schema.names):
-            full.add(str(f))
+        available.update(dict(key))
+        if writer <= {n for n, _ in key}:
             footer_rows[str(f)] = head.rows
             if head.rows == 0:
                 empty.append(f)
         if head.rows:
-            groups.setdefault(tuple(zip(schema.names, map(str, schema.types))), []).append(f)
-    good = [f for g in groups.values() for f in g]
+            groups.setdefault((key, _typed_constants(head.constants)), []).append((f, head))
+    good = [f for g in groups.values() for f, _ in g]
     con = connect(on_disk=True)
     duplicates = pd.DataFrame(columns=["cell", "example", "file_lo", "file_hi"])
     params = _param_fields(available)
     if good:
-        kept = params if with_params else []
-        columns = [*ROW_TYPES.items(), *((n, sql_type(t)) for n, t in kept)]
-        con.execute("CREATE TABLE rows (" + ", ".join(f"{q(n)} {t}" for n, t in columns) + ")")
         try:
-            for i, (schema_key, group) in enumerate(groups.items()):
-                con.read_parquet([str(f) for f in group], filename=True,
-                                 hive_partitioning=False).create_view(f"parts_{i}")
-                select = normalised_select({**dict(schema_key), "source_file": ""},
-                                           f"(SELECT *, filename AS source_file FROM parts_{i})", kept)
-                con.execute(f"INSERT INTO rows BY NAME {select}")
-                con.execute(f"DROP VIEW parts_{i}")
+            _copy_rows(con, groups, params if with_params else [])
             problems, duplicates = _row_problems(con, footer_rows)
             bad += problems + [f"{f}: {_verdict(f)}" for f in empty]
         except Exception as exc:  # noqa: BLE001 (a data page that does not decode)
@@ -150,12 +142,130 @@ def open_results(path: str | os.PathLike[str], with_params: bool = False) -> Row
                            + "\n  ".join(bad))
     if not good:
         raise ResultsError(f"no result rows under {path} ({len(files)} empty file(s))")
-    rows = Rows(con, "rows", params if with_params else [])
+    rows = Rows(con, "rows", params if with_params else [], consts_view="consts")
     _check_duplicates(rows, duplicates)
     _check_cells(rows)
     rows.cells = _cells_table(rows, files, params)
     _relabel(rows)
     return rows
+
+
+def _footer(f: Path) -> tuple[tuple[tuple[str, str], ...] | None, Any]:
+    """A part's footer checks (harness.results.check_header, with its FILE_CONSTANT values) and
+    its schema as (name, type) pairs (None when refused)."""
+    from harness.results import check_header
+
+    schema, head = check_header(f, required=REQUIRED_COLUMNS, constants=FILE_CONSTANT)
+    return (None if schema is None else tuple(zip(schema.names, map(str, schema.types)))), head
+
+
+def _footer_chunk(files: list[Path]) -> list[tuple[tuple[tuple[str, str], ...] | None, Any]]:
+    return [_footer(f) for f in files]
+
+
+#: From this many part files the footers are read by worker processes.
+_FOOTER_PROCESSES_FROM = 1000
+
+
+def _footers(files: list[Path]) -> list[tuple[tuple[tuple[str, str], ...] | None, Any]]:
+    """:func:`_footer` of every file, in order. Parsing a footer into Python objects holds the
+    GIL, so thousands of them are read by forked worker processes: 7,140 footers took 2.6 s on
+    2 cores against 5.8-6.6 s in 4 threads. Forked, not spawned: a spawned child re-runs the
+    caller's main script (a user's analysis script without a __main__ guard would recurse).
+    The children only parse footers with pyarrow (fork-safe: glibc malloc and Arrow's pools
+    are reset after fork). Fewer files, or no process pool to be had, are read in threads."""
+    cores = os.cpu_count() or 1
+    if len(files) >= _FOOTER_PROCESSES_FROM and cores > 1:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+        from concurrent.futures.process import BrokenProcessPool
+
+        try:
+            ctx = multiprocessing.get_context("fork")
+            chunks = [files[i:i + 256] for i in range(0, len(files), 256)]
+            with ProcessPoolExecutor(min(cores, 8), mp_context=ctx) as pool:
+                return [h for part in pool.map(_footer_chunk, chunks) for h in part]
+        except (OSError, BrokenProcessPool, ValueError):
+            pass  # no processes to be had here (a sandbox, no /dev/shm): threads still work
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=4) as pool:  # past 4, threads contend for the GIL (measured)
+        return list(pool.map(_footer, files))
+
+
+def _typed_constants(values: dict[str, Any] | None) -> bool:
+    """Whether a file's footer constants are all of their columns' SQL types (else the file is
+    copied row by row and the normalising casts apply)."""
+    if values is None:
+        return False
+    for name, v in values.items():
+        typ = ROW_TYPES[name]
+        ok = (v is None or (typ == "VARCHAR" and isinstance(v, str))
+              or (typ == "BIGINT" and isinstance(v, int) and not isinstance(v, bool))
+              or (typ == "DOUBLE" and isinstance(v, (int, float)) and not isinstance(v, bool)))
+        if not ok:
+            return False
+    return True
+
+
+#: What a narrow copy stores per row: everything but the per-file constants.
+_NARROW = tuple(c for c in ROW_TYPES if c not in FILE_CONSTANT and c != "source_file")
+
+
+def _copy_rows(con: Any, groups: dict[tuple, list[tuple[Path, Any]]], kept: list[tuple[str, str]]) -> None:
+    """Copy the rows into the on-disk tables behind the view ``rows`` (every ROW_TYPES column,
+    the ``kept`` parameter columns and ``fid``, the file's number) and ``consts`` (one row per
+    narrow file, one per row of the others; see Rows.consts_view). Files proven to hold one
+    value of each FILE_CONSTANT column (``narrow``) store only the per-row columns, and their
+    constants once in ``files``: the copy is the largest single cost of a report."""
+    import pyarrow as pa
+
+    extra = [(n, sql_type(t)) for n, t in kept]
+    con.execute("CREATE TABLE rows_narrow (fid BIGINT, " + ", ".join(
+        f"{q(n)} {t}" for n, t in [*((c, ROW_TYPES[c]) for c in _NARROW), *extra]) + ")")
+    con.execute("CREATE TABLE rows_wide (fid BIGINT, " + ", ".join(
+        f"{q(n)} {t}" for n, t in [*ROW_TYPES.items(), *extra]) + ")")
+    fid = 0
+    table: dict[str, list[Any]] = {"fid": [], "source_file": [], "n": [], "narrow": [],
+                                   **{c: [] for c in FILE_CONSTANT}}
+    for (schema_key, narrow), members in groups.items():
+        paths = [str(f) for f, _ in members]
+        for f, head in members:
+            table["fid"].append(len(table["fid"]))
+            table["source_file"].append(str(f))
+            table["n"].append(head.rows)
+            table["narrow"].append(narrow)
+            for c in FILE_CONSTANT:
+                table[c].append(head.constants[c] if narrow else None)
+        source = (f"(SELECT *, filename AS source_file, {fid} + file_index AS fid FROM read_parquet("
+                  f"$files, filename = true, hive_partitioning = false))")
+        available = {**dict(schema_key), "source_file": ""}
+        if narrow:
+            select = normalised_select(available, source, kept, only=_NARROW, extra="fid")
+            con.execute(f"INSERT INTO rows_narrow BY NAME {select}", {"files": paths})
+        else:
+            select = normalised_select(available, source, kept, extra="fid")
+            con.execute(f"INSERT INTO rows_wide BY NAME {select}", {"files": paths})
+        fid += len(members)
+    arrow = {"VARCHAR": pa.string(), "BIGINT": pa.int64(), "DOUBLE": pa.float64()}
+    frame = pa.table({"fid": pa.array(table["fid"], pa.int64()),
+                      "source_file": pa.array(table["source_file"], pa.string()),
+                      "n": pa.array(table["n"], pa.int64()), "narrow": pa.array(table["narrow"], pa.bool_()),
+                      **{c: pa.array(table[c], arrow[ROW_TYPES[c]]) for c in FILE_CONSTANT}})
+    con.register("files_frame", frame)
+    con.execute("CREATE TABLE files AS SELECT * FROM files_frame")
+    con.unregister("files_frame")
+    row_cols = [*ROW_TYPES, *(n for n, _ in kept)]
+    narrow_cols = ", ".join(f"f.{q(c)}" if c in FILE_CONSTANT or c == "source_file" else f"r.{q(c)}"
+                            for c in row_cols)
+    wide_cols = ", ".join(q(c) for c in row_cols)
+    consts = ", ".join(q(c) for c in (*FILE_CONSTANT, "source_file"))
+    con.execute(f"""CREATE VIEW rows AS
+        SELECT {narrow_cols}, r.fid FROM rows_narrow r JOIN files f USING (fid)
+        UNION ALL SELECT {wide_cols}, fid FROM rows_wide""")
+    con.execute(f"""CREATE VIEW consts AS
+        SELECT {consts}, n FROM files WHERE narrow
+        UNION ALL SELECT {consts}, 1 AS n FROM rows_wide""")
 
 
 def _labels(cells: pd.DataFrame) -> pd.DataFrame:
@@ -202,12 +312,17 @@ def _relabel(rows: Rows) -> None:
     rows.con.register("cell_labels_frame", labels)
     rows.con.execute("CREATE OR REPLACE TEMP TABLE cell_labels AS SELECT * FROM cell_labels_frame")
     rows.con.unregister("cell_labels_frame")
-    view = f"{rows.view}_labelled"
-    rows.con.execute(f"""CREATE OR REPLACE TEMP VIEW {view} AS
-        SELECT r.* REPLACE (coalesce(l.dataset, r.dataset) AS dataset,
-                            coalesce(l.classifier, r.classifier) AS classifier)
-        FROM {rows.view} r LEFT JOIN cell_labels l USING (cell)""")
-    rows.view = view
+
+    def labelled(view: str) -> str:
+        rows.con.execute(f"""CREATE OR REPLACE TEMP VIEW {view}_labelled AS
+            SELECT r.* REPLACE (coalesce(l.dataset, r.dataset) AS dataset,
+                                coalesce(l.classifier, r.classifier) AS classifier)
+            FROM {view} r LEFT JOIN cell_labels l USING (cell)""")
+        return f"{view}_labelled"
+
+    rows.view = labelled(rows.view)
+    if rows.consts_view is not None:  # (else consts derive from the view)
+        rows.consts_view = labelled(rows.consts_view)
 
 
 def _param_fields(available: dict[str, str]) -> list[tuple[str, str]]:
@@ -237,7 +352,7 @@ def _row_problems(con: Any, footer_rows: dict[str, int]) -> tuple[list[str], pd.
                bit_or(CASE WHEN eval_run BETWEEN 0 AND 63 THEN (1::UBIGINT << eval_run::INTEGER) END) AS mask,
                min(eval_run) AS run_min, max(eval_run) AS run_max, count(eval_runs) AS c_decl,
                min(eval_runs) AS decl_lo, max(eval_runs) AS decl_hi,
-               min(source_file) AS file_lo, max(source_file) AS file_hi
+               min(fid) AS file_lo, max(fid) AS file_hi
         FROM rows GROUP BY cell, example""")
     # runs outside 0..63 cannot be proven unique by the mask: count those cells' keys exactly
     exact = con.sql("""SELECT DISTINCT cell FROM fe WHERE run_min < 0 OR run_max > 63""").df()["cell"].tolist()
@@ -245,19 +360,22 @@ def _row_problems(con: Any, footer_rows: dict[str, int]) -> tuple[list[str], pd.
                      WHERE c_run = c AND run_min >= 0 AND run_max <= 63 AND bit_count(mask) < c""").df()
     if exact:
         con.register("exact_cells", pd.DataFrame({"cell": exact}))
-        more = con.sql("""SELECT cell, example, min(source_file) AS file_lo, max(source_file) AS file_hi
+        more = con.sql("""SELECT cell, example, min(fid) AS file_lo, max(fid) AS file_hi
                           FROM rows WHERE cell IN (SELECT cell FROM exact_cells)
                           GROUP BY cell, example, eval_run HAVING count(*) > 1""").df()
         dup = pd.concat([dup, more.drop_duplicates(["cell", "example"])], ignore_index=True)
+    names = dict(con.sql("SELECT fid, source_file FROM files").fetchall())
+    for c in ("file_lo", "file_hi"):  # file numbers (cheaper to group) back to names
+        dup[c] = dup[c].map(names)
     within = (dup["file_lo"] == dup["file_hi"]) & dup["file_lo"].isin(footer_rows)
     inside = set(dup.loc[within, "file_lo"])  # read_part names these files' duplicated rows
     stats = con.sql("""
-        SELECT file_lo AS source_file, sum(c) AS n, sum(c_run) AS n_run, sum(c_decl) AS n_decl,
+        SELECT any_value(f.source_file) AS source_file, sum(c) AS n, sum(c_run) AS n_run, sum(c_decl) AS n_decl,
                min(decl_lo) AS decl, max(decl_hi) AS decl_hi, count(*) AS examples,
                count(example) AS named, bool_and(c = decl_lo) AS each_full,
                bool_and(run_min >= 0 AND run_max <= 63 AND bit_count(mask) = c) AS unique_runs,
                min(run_min) AS run_min, max(run_max) AS run_max, min(example) AS first
-        FROM fe WHERE file_lo = file_hi GROUP BY file_lo""").df().set_index("source_file")
+        FROM fe JOIN files f ON f.fid = fe.file_lo WHERE file_lo = file_hi GROUP BY file_lo""").df().set_index("source_file")
     want = pd.Series(footer_rows, dtype="int64")
     st = stats.reindex(want.index)
     named = pd.Series([_PART_RE.match(Path(f).name) for f in want.index], index=want.index)
@@ -316,9 +434,9 @@ def _telemetry(directory: Path | None) -> dict[str, float]:
 def _cells_table(rows: Rows, files: list[Path], params: list[tuple[str, str]]) -> pd.DataFrame:
     """One row per cell: cell JSON and assets (from its _cell.json, or from the rows of files
     written before it existed), whether rows mix asset files, parameter values, telemetry."""
-    on_rows = rows.df("""SELECT cell, any_value(cell_json) AS cell_json, any_value(assets) AS assets,
-                                1 + coalesce(min(assets) <> max(assets), false)::INT AS asset_kinds
-                         FROM rows GROUP BY cell""").set_index("cell")
+    on_rows = rows.df(f"""SELECT cell, any_value(cell_json) AS cell_json, any_value(assets) AS assets,
+                                 1 + coalesce(min(assets) <> max(assets), false)::INT AS asset_kinds
+                          FROM {rows.consts} GROUP BY cell""").set_index("cell")
     cache: dict[Path, dict[str, str] | None] = {}
     dirs: dict[str, Path] = {}
     for f in files:  # cell=<hash>/shard=<k>/part
@@ -326,7 +444,7 @@ def _cells_table(rows: Rows, files: list[Path], params: list[tuple[str, str]]) -
         if d.name.startswith("cell="):
             dirs.setdefault(d.name[5:], d)
     # rows under a cell directory must be that cell's (one hash, one configuration)
-    placed = rows.df("SELECT source_file, min(cell) AS lo, max(cell) AS hi FROM rows GROUP BY source_file")
+    placed = rows.df(f"SELECT source_file, min(cell) AS lo, max(cell) AS hi FROM {rows.consts} GROUP BY source_file")
     for r in placed.itertuples(index=False):
         d = Path(r.source_file).parent.parent
         meta = _cell_file(d, cache) if d.name.startswith("cell=") else None
@@ -396,7 +514,7 @@ def load_results(path: str | os.PathLike[str]) -> pd.DataFrame:
     ``cell_json``, ``assets`` and ``source_file``). Materialises all rows: for tests and small
     sweeps; `harness report` aggregates out of core instead."""
     rows = open_results(path, with_params=True)
-    df = rows.df(f"SELECT * FROM {rows.view}")
+    df = rows.df(f"SELECT * EXCLUDE (fid) FROM {rows.view}")
     cells = rows.cells.set_index("cell")
     for col in ("cell_json", "assets"):
         df[col] = df[col].where(df[col].notna(), df["cell"].map(cells[col]))
@@ -439,7 +557,7 @@ def _check_cells(rows: Rows) -> None:
     # 2 where the cell's rows hold two values, or a value and a null (no DISTINCT: slow in DuckDB)
     spread = rows.df("SELECT cell, " + ", ".join(
         f"(min({q(c)}) IS DISTINCT FROM max({q(c)}))::INT + (count({q(c)}) BETWEEN 1 AND count(*) - 1)::INT "
-        f"+ 1 AS {q(c)}" for c in _CELL_CONSTANT) + f" FROM {rows.view} GROUP BY cell ORDER BY cell")
+        f"+ 1 AS {q(c)}" for c in _CELL_CONSTANT) + f" FROM {rows.consts} GROUP BY cell ORDER BY cell")
     spread = spread.set_index("cell")
     bad = spread[(spread > 1).any(axis=1)]
     if not bad.empty:
@@ -482,48 +600,60 @@ _NONFINITE_SQL = (f"(adv_pred = {NONFINITE_PRED} OR coalesce(clean_pred = {NONFI
                   "OR coalesce(nonfinite_row, false))")
 
 
-def _per_example_sql(src: str) -> str:
-    """One row per (cell, example): the per-example numbers, the sums the group statistics and
-    validity checks need, and the majority vote. A non-finite prediction (-1) is a failure, not
+def _per_example_sql(src: str, key: str = "cell") -> str:
+    """One row per (``key``, example) (``key``: the cell, or a worst-of group's number): the
+    per-example numbers, the sums the group statistics and validity checks need, and the
+    majority vote. A non-finite prediction (-1) is a failure, not
     a class: it is never correct, and a tie between the failures and a class goes to the
     failures (the vote key ranks -1 above every class at equal counts); other ties go to the
     smallest class index."""
     # Narrow on purpose: one row per (cell, example) is the big intermediate (10 M rows at one
     # run each); per-cell sums (cost, perturbation) come from a separate grouping by cell.
     return f"""
-    WITH r AS (SELECT cell, example, y, data_index, eval_runs, clean_correct, adv_correct, adv_pred,
+    WITH r AS (SELECT {key}, example, y, data_index, eval_runs, clean_correct, adv_correct, adv_pred,
                       clean_pred, {_NONFINITE_SQL} AS nf, coalesce(grad_nonfinite, 0) AS g FROM {src}),
-    votes AS (SELECT cell, example, adv_pred, count(*) AS k FROM r WHERE eval_runs > 1
-              GROUP BY cell, example, adv_pred),
-    vote AS (SELECT cell, example, arg_max(adv_pred, k * 4294967296 - adv_pred) AS vote
-             FROM votes GROUP BY cell, example),
+    votes AS (SELECT {key}, example, adv_pred, count(*) AS k FROM r WHERE eval_runs > 1
+              GROUP BY {key}, example, adv_pred),
+    vote AS (SELECT {key}, example, arg_max(adv_pred, k * 4294967296 - adv_pred) AS vote
+             FROM votes GROUP BY {key}, example),
     ex AS (
-      SELECT cell, example, any_value(y) AS y, any_value(coalesce(data_index, example)) AS image,
+      SELECT {key}, example, any_value(y) AS y, any_value(coalesce(data_index, example)) AS image,
              sum(clean_correct::BIGINT) AS clean_rows, sum(adv_correct::BIGINT) AS robust_rows,
              count(*) AS runs_seen,  -- (cell, example, eval_run) keys are unique
              bool_and(adv_correct) AS robust_worst, sum(nf::BIGINT) AS nonfinite,
              max(g) AS grad_nonfinite, any_value(adv_pred) AS one_pred,
              coalesce(min(clean_pred) <> max(clean_pred), false)
                OR min(adv_pred) <> max(adv_pred) AS varies
-      FROM r GROUP BY cell, example)
+      FROM r GROUP BY {key}, example)
     SELECT ex.* EXCLUDE (one_pred),
            (coalesce(vote.vote, ex.one_pred) = ex.y AND coalesce(vote.vote, ex.one_pred) <> {NONFINITE_PRED})
              AS robust_vote
-    FROM ex LEFT JOIN vote USING (cell, example)"""
+    FROM ex LEFT JOIN vote USING ({key}, example)"""
 
 
-def _cell_constants_sql(src: str) -> str:
-    """Per cell: its planned constants, and the sums over its rows that need no per-example step."""
+def _cell_constants_sql(consts: str) -> str:
+    """Per cell: its planned constants (from ``consts``, see Rows.consts)."""
     return f"""SELECT cell, any_value(sweep) AS sweep, {', '.join(f'any_value({q(c)}) AS {q(c)}' for c in _CELL_CONSTANT)},
-                      any_value(purifier) AS purifier, any_value(attack) AS attack, any_value(seed) AS seed,
-                      count(*) AS rows, sum(nfe) AS nfe_sum, fsum(time_s) AS time_s,
+                      any_value(purifier) AS purifier, any_value(attack) AS attack, any_value(seed) AS seed
+               FROM {consts} GROUP BY cell"""
+
+
+def _ns(col: str) -> str:
+    """Seconds as integer nanoseconds: their sums are exact, so a total does not depend on the
+    order a parallel scan adds in (a float sum differs in the last bits from run to run)."""
+    return f"round({col} * 1e9)::BIGINT"
+
+
+def _cell_sums_sql(src: str, key: str = "cell") -> str:
+    """Per ``key``: the sums over its rows (``src``) that need no per-example step."""
+    return f"""SELECT {key}, count(*) AS rows, sum(nfe) AS nfe_sum, sum({_ns('time_s')})::HUGEINT AS time_ns,
                       sum(grad_evals) AS grad_sum, count(grad_evals) AS grad_rows,
                       sum(perturbation) FILTER (WHERE adv_correct) AS pert_sum,
                       count(perturbation) FILTER (WHERE adv_correct) AS pert_rows,
                       sum(adv_correct::BIGINT) AS robust_rows_cell,
                       bool_or(found_by IS NOT NULL) AS found_by,
                       bool_or(grad_nonfinite IS NOT NULL) AS grad_recorded
-               FROM {src} GROUP BY cell"""
+               FROM {src} GROUP BY {key}"""
 
 
 @dataclass
@@ -538,13 +668,25 @@ class Aggregate:
     totals: dict[str, Any]
 
 
-def _materialise(rows: Rows, src: str, tag: str) -> tuple[str, str]:
-    """Per-example and per-cell tables of ``src`` (temporary; DuckDB spills them when large)."""
+def _materialise(rows: Rows, tag: str, worst: bool = False) -> tuple[str, str]:
+    """Per-example and per-cell tables of the rows (``worst``: and of the worst-of rows in
+    ``worst_narrow``/``worst_cells``, see aggregate), temporary; DuckDB spills them when large."""
     ex, cc = f"ex_{tag}", f"cc_{tag}"
-    rows.con.execute(f"CREATE OR REPLACE TEMP TABLE {ex} AS {_per_example_sql(src)}")
+    per_ex, sums, consts = [_per_example_sql(rows.view)], [_cell_sums_sql(rows.view)], rows.consts
+    if worst:  # grouped by the worst-of group's number (not its long cell name), named after
+        w = ("(SELECT n.*, c.eval_runs, NULL::DOUBLE AS perturbation, NULL::VARCHAR AS found_by "
+             "FROM worst_narrow n JOIN worst_cells c USING (wid))")  # (none of their own)
+        per_ex.append(f"SELECT c.cell, e.* EXCLUDE (wid) FROM ({_per_example_sql(w, 'wid')}) e "
+                      "JOIN worst_cells c USING (wid)")
+        sums.append(f"SELECT c.cell, s.* EXCLUDE (wid) FROM ({_cell_sums_sql(w, 'wid')}) s "
+                    "JOIN worst_cells c USING (wid)")
+        consts = f"(SELECT * FROM {consts} UNION ALL BY NAME SELECT * EXCLUDE (wid) FROM worst_cells)"
+    union = " UNION ALL BY NAME ".join
+    rows.con.execute(f"CREATE OR REPLACE TEMP TABLE {ex} AS " + union(f"(SELECT * FROM ({p}))" for p in per_ex))
     keys = ", ".join(q(k) for k in GROUP_KEYS)
     rows.con.execute(f"""CREATE OR REPLACE TEMP TABLE {cc} AS
-        SELECT *, dense_rank() OVER (ORDER BY {keys}) AS gid FROM ({_cell_constants_sql(src)})""")
+        SELECT *, dense_rank() OVER (ORDER BY {keys}) AS gid
+        FROM ({_cell_constants_sql(consts)}) JOIN ({union(f"(SELECT * FROM ({p}))" for p in sums)}) USING (cell)""")
     return ex, cc
 
 
@@ -552,19 +694,22 @@ def aggregate(data: pd.DataFrame | Rows, worst_of: bool = True, z: float = 1.96)
     """Summary, validity facts, completeness and totals of the rows (with worst-of rows over
     attacks when ``worst_of``), computed out of core; see :func:`summarise` for the numbers."""
     rows = as_rows(data)
-    src = rows.view
+    const_src, worst = rows.consts, False
     if worst_of:
-        worst = _worst_sql(rows, _WORST_REPORT_COLUMNS)
-        if worst is not None:  # a table, not a subquery: three queries below read it
-            rows.con.execute(f"CREATE OR REPLACE TEMP TABLE worst_rows AS SELECT * FROM {worst}")
-            src = f"(SELECT * FROM {rows.view} UNION ALL BY NAME SELECT * FROM worst_rows)"
-    ex, cc = _materialise(rows, src, "all")
+        narrow = _worst_sql(rows, _WORST_REPORT_COLUMNS, part="narrow")
+        if narrow is not None:  # rows per (group, example, run); their constants once per group
+            rows.con.execute(f"CREATE OR REPLACE TEMP TABLE worst_narrow AS SELECT * FROM {narrow}")
+            rows.con.execute("CREATE OR REPLACE TEMP TABLE worst_cells AS SELECT * FROM "
+                             + str(_worst_sql(rows, part="cells")))
+            const_src = f"(SELECT * FROM {rows.consts} UNION ALL BY NAME SELECT * EXCLUDE (wid) FROM worst_cells)"
+            worst = True
+    ex, cc = _materialise(rows, "all", worst)
     keys = list(GROUP_KEYS)
     per_cell = rows.df(f"""
         SELECT e.cell, any_value(c.gid) AS gid, count(*) AS seen,
                sum((e.runs_seen >= c.eval_runs)::BIGINT) AS all_runs,
                any_value(c.cell_examples) AS planned, any_value(c.eval_runs) AS eval_runs,
-               any_value(c.rows) AS rows, any_value(c.nfe_sum) AS nfe_sum, any_value(c.time_s) AS time_s,
+               any_value(c.rows) AS rows, any_value(c.nfe_sum) AS nfe_sum, any_value(c.time_ns) / 1e9 AS time_s,
                any_value(c.grad_sum) AS grad_sum, any_value(c.grad_rows) AS grad_rows
         FROM {ex} e JOIN {cc} c USING (cell) GROUP BY e.cell""")
     per_cell["complete"] = (per_cell["seen"] == per_cell["planned"]) & (per_cell["all_runs"] == per_cell["planned"])
@@ -594,7 +739,7 @@ def aggregate(data: pd.DataFrame | Rows, worst_of: bool = True, z: float = 1.96)
                      count_if(grad_nonfinite > 0) AS grad_nonfinite_examples,
                      bool_or(varies) AS random_seen
               FROM e GROUP BY gid),
-        c AS (SELECT gid, sum(rows) AS rows, sum(nfe_sum) / sum(rows) AS nfe, fsum(time_s) AS time_s,
+        c AS (SELECT gid, sum(rows) AS rows, sum(nfe_sum) / sum(rows) AS nfe, sum(time_ns) / 1e9 AS time_s,
                      sum(grad_sum) / nullif(sum(grad_rows), 0) AS grad_evals,
                      sum(pert_sum) / nullif(sum(pert_rows), 0) AS pert_robust,
                      sum(robust_rows_cell) AS robust_rows, bool_or(found_by) AS found_by,
@@ -609,12 +754,12 @@ def aggregate(data: pd.DataFrame | Rows, worst_of: bool = True, z: float = 1.96)
                                 count(*) AS cells, string_agg(DISTINCT sweep, ',' ORDER BY sweep) AS sweeps
                          FROM {cc} GROUP BY gid""").set_index("gid")
     cell_gid = rows.df(f"SELECT cell, gid FROM {cc}")
-    devices = rows.df(f"SELECT DISTINCT cell, device FROM {src}").dropna().merge(cell_gid, on="cell")
+    devices = rows.df(f"SELECT DISTINCT cell, device FROM {const_src}").dropna().merge(cell_gid, on="cell")
     consts["devices"] = devices.groupby("gid")["device"].agg(lambda v: sorted(set(v)))
     summary = _summary_frame(groups, consts, per_cell, rows.cells, cell_gid, z)
     info = _info_frame(groups, consts, rows.cells, cell_gid)
     totals = sweep_totals(rows)
-    constants = rows.df(f"""SELECT * EXCLUDE (gid, cell_examples, eval_runs, rows, nfe_sum, time_s, grad_sum,
+    constants = rows.df(f"""SELECT * EXCLUDE (gid, cell_examples, eval_runs, rows, nfe_sum, time_ns, grad_sum,
                                               grad_rows, pert_sum, pert_rows, robust_rows_cell, found_by,
                                               grad_recorded) FROM {cc}""")
     constants["device"] = constants["cell"].map(devices.groupby("cell")["device"].agg(
@@ -622,7 +767,7 @@ def aggregate(data: pd.DataFrame | Rows, worst_of: bool = True, z: float = 1.96)
     per_cell = per_cell.merge(constants, on="cell")
     if rows.cells is not None:
         per_cell = per_cell.merge(rows.cells[["cell", "energy_j", "energy_rows", "gpu"]], on="cell", how="left")
-    for t in (ex, cc, "worst_rows"):
+    for t in (ex, cc, "worst_narrow", "worst_cells"):
         rows.con.execute(f"DROP TABLE IF EXISTS {t}")
     return Aggregate(summary, info, per_cell, totals)
 
@@ -663,8 +808,8 @@ def sweep_totals(data: pd.DataFrame | Rows) -> dict[str, Any]:
     asset files (a checkpoint replaced and re-staged mid-sweep)."""
     rows = as_rows(data)
     seen = rows.df(f"""SELECT sweep, cell, source_file, harness_version, git_rev, torch_version, device,
-                              count(*) AS n
-                       FROM {rows.view} GROUP BY ALL""")
+                              sum(n) AS n
+                       FROM {rows.consts} GROUP BY ALL""")
     out: dict[str, Any] = {"rows": int(seen["n"].sum()), "files": seen["source_file"].nunique(),
                            "sweeps": seen["sweep"].nunique(), "cells": seen["cell"].nunique()}
     for k in ("harness_version", "git_rev", "torch_version", "device"):
@@ -753,7 +898,7 @@ def per_example(df: pd.DataFrame | Rows) -> pd.DataFrame:
     """One row per (cell, example): mean clean/adv correctness over runs, vote, worst case, the
     image it shows (``image``), its non-finite rows and its attack's non-finite gradients."""
     rows = as_rows(df)
-    ex, cc = _materialise(rows, rows.view, "pe")
+    ex, cc = _materialise(rows, "pe")
     out = rows.df(f"""SELECT e.cell, e.example, e.y, e.image, e.clean_rows / e.runs_seen AS clean,
                              e.robust_rows / e.runs_seen AS robust_mean, e.robust_worst,
                              e.runs_seen, e.nonfinite, e.grad_nonfinite, e.robust_vote,
@@ -796,7 +941,7 @@ WORST_OF = "worst-of"
 _WORST_REPORT_COLUMNS = ("y", "data_index", "clean_pred", "clean_correct", "purifier", "device")
 
 
-def _worst_sql(rows: Rows, columns: tuple[str, ...] | None = None) -> str | None:
+def _worst_sql(rows: Rows, columns: tuple[str, ...] | None = None, part: str = "rows") -> str | None:
     """SQL of the worst-of rows of ``rows`` (None when no defence met two attacks): for every
     defence attacked by two or more attacks at the same threat and eps (and sweep, seed), an
     example counts as robust in evaluation run r only if it is robust under every attack in run
@@ -810,10 +955,13 @@ def _worst_sql(rows: Rows, columns: tuple[str, ...] | None = None) -> str | None
     groups = f"""
       pc AS (SELECT cell, {', '.join(f'any_value({q(c)}) AS {q(c)}' for c in keys)},
                     any_value(attack_label) AS attack_label, any_value(attack) AS attack,
-                    any_value(cell_examples) AS ce, any_value(eval_runs) AS er
-             FROM {rows.view} GROUP BY cell),
+                    any_value(cell_examples) AS ce, any_value(eval_runs) AS er,
+                    any_value(purifier) AS purifier, any_value(device) AS device
+             FROM {rows.consts} GROUP BY cell),
       l AS (SELECT {k}, count(*) AS nl, list(attack_label ORDER BY attack_label) AS labels,
-                   list(cell ORDER BY cell) AS cells, min(ce) AS ce, min(er) AS er
+                   list(cell ORDER BY cell) AS cells, min(ce) AS ce, min(er) AS er,
+                   arg_min_null(purifier, attack_label) AS purifier,
+                   arg_min(device, attack_label) AS device
             FROM pc WHERE attack IS DISTINCT FROM 'none' GROUP BY {k}
             HAVING count(*) >= 2 AND count(DISTINCT attack_label) = count(*)),
       lw AS (SELECT *, row_number() OVER (ORDER BY {k}) AS wid FROM l)"""
@@ -826,27 +974,36 @@ def _worst_sql(rows: Rows, columns: tuple[str, ...] | None = None) -> str | None
     params = [n for n, _ in rows.params if not n.startswith("attack.")]
     if columns is not None:  # only what the caller reads (each is one more aggregate per key)
         firsts, params = [c for c in firsts if c in columns], []
+    cell = "'worst:' || array_to_string(list_transform(lw.cells, lambda c: c[1:8]), '+')"
+    label = f"'{WORST_OF}[' || array_to_string(lw.labels, ' | ') || ']'"
+    if part == "cells":  # per group: its synthetic cell's constants (device, purifier: the first attack's)
+        return f"""(WITH {groups}
+            SELECT wid, {', '.join(f'lw.{q(c)}' for c in keys)}, {cell} AS cell, '{WORST_OF}' AS attack,
+                   {label} AS attack_label, ce AS cell_examples, er AS eval_runs, '{{}}' AS cell_json,
+                   purifier, device FROM lw)"""
+    if part == "narrow":  # the constants come from part="cells"
+        firsts = [c for c in firsts if c not in ("purifier", "device")]
+        tail = "SELECT w.* EXCLUDE (c, nl) FROM w WHERE w.c = w.nl"
+    else:
+        tail = f"""SELECT {', '.join(f'lw.{q(c)}' for c in keys)}, {cell} AS cell, '{WORST_OF}' AS attack,
+             {label} AS attack_label, lw.ce AS cell_examples, lw.er AS eval_runs,
+             w.* EXCLUDE (wid, c, nl), '{{}}' AS cell_json
+      FROM w JOIN lw USING (wid) WHERE w.c = w.nl"""
     return f"""(
       WITH {groups},
       cw AS (SELECT pc.cell, lw.wid, lw.nl, list_position(lw.labels, pc.attack_label) AS pos
              FROM pc JOIN (SELECT wid, nl, labels, unnest(cells) AS cell FROM lw) lw USING (cell)),
-      -- arg_min(.., pos): the value on the row of the first attack by label (no sort per group)
+      -- arg_min(.., pos): the value on the row of the first attack by label (no sort per group);
+      -- the prediction: the first attack's that fooled it (fooled rows rank 65536 ahead), else the first's
       w AS (SELECT wid, example, eval_run, count(*) AS c, any_value(nl) AS nl,
                    bool_and(adv_correct) AS adv_correct,
-                   coalesce(arg_min(adv_pred, pos) FILTER (WHERE NOT adv_correct),
-                            arg_min(adv_pred, pos)) AS adv_pred,
+                   arg_min(adv_pred, (NOT coalesce(NOT adv_correct, false))::INT * 65536 + pos) AS adv_pred,
                    bool_or({_NONFINITE_SQL}) AS nonfinite_row,
                    sum(coalesce(grad_nonfinite, 0)) AS grad_nonfinite,
-                   sum(grad_evals) AS grad_evals, sum(nfe) AS nfe, sum(time_s) AS time_s,
+                   sum(grad_evals) AS grad_evals, sum(nfe) AS nfe, sum({_ns('time_s')}) / 1e9 AS time_s,
                    {', '.join(f'arg_min_null({q(c)}, pos) AS {q(c)}' for c in [*firsts, *params])}
             FROM {rows.view} JOIN cw USING (cell) GROUP BY wid, example, eval_run)
-      SELECT {', '.join(f'lw.{q(c)}' for c in keys)},
-             'worst:' || array_to_string(list_transform(lw.cells, lambda c: c[1:8]), '+') AS cell,
-             '{WORST_OF}' AS attack,
-             '{WORST_OF}[' || array_to_string(lw.labels, ' | ') || ']' AS attack_label,
-             lw.ce AS cell_examples, lw.er AS eval_runs, w.* EXCLUDE (wid, c, nl),
-             '{{}}' AS cell_json
-      FROM w JOIN lw USING (wid) WHERE w.c = w.nl)"""
+      {tail})"""
 
 
 def with_worst_over_attacks(df: pd.DataFrame) -> pd.DataFrame:

@@ -40,6 +40,13 @@ ROW_TYPES: dict[str, str] = {
     "source_file": "VARCHAR",
 }
 
+#: Columns a part file of this writer holds one value of (one cell's rows, written by one
+#: process): proven from the footer's statistics, they are stored once per file, not per row.
+FILE_CONSTANT: tuple[str, ...] = (
+    "sweep", "cell", "dataset", "threat", "eps", "attack_label", "classifier", "label",
+    "cell_examples", "eval_runs", "seed", "data_seed", "purifier", "attack", "harness_version",
+    "git_rev", "torch_version", "host", "device", "cell_json", "assets")
+
 #: DuckDB working memory; past it, aggregations spill to a temporary directory. With the
 #: Python process and Arrow buffers this keeps `harness report` within ~2 GB at 10 M rows.
 MEMORY_LIMIT = os.environ.get("HARNESS_REPORT_MEMORY", "1GB")
@@ -75,13 +82,24 @@ def connect(on_disk: bool = False) -> Any:
 @dataclass
 class Rows:
     """Result rows behind a view ``view`` of connection ``con`` (columns: ROW_TYPES plus the
-    parameter columns ``params``); ``cells`` holds per-cell constants, one row per cell."""
+    parameter columns ``params``); ``cells`` holds per-cell constants, one row per cell.
+    ``consts_view``: a relation with the FILE_CONSTANT columns, ``source_file`` and ``n`` (the
+    rows each of its rows stands for), one row per file where the files prove them constant:
+    what a query that reads only constants scans instead of every row."""
 
     con: Any
     view: str
     params: list[tuple[str, str]] = field(default_factory=list)
     cells: pd.DataFrame | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    consts_view: str | None = None
+
+    @property
+    def consts(self) -> str:
+        if self.consts_view is not None:
+            return self.consts_view
+        cols = ", ".join(q(c) for c in (*FILE_CONSTANT, "source_file"))
+        return f"(SELECT {cols}, 1 AS n FROM {self.view})"
 
     def sql(self, query: str) -> Any:
         return self.con.sql(query)
@@ -91,17 +109,20 @@ class Rows:
 
 
 def normalised_select(available: dict[str, str], source: str,
-                      params: list[tuple[str, str]] = ()) -> str:
-    """``SELECT`` of every ROW_TYPES column (cast; NULL when ``available`` lacks it) and of the
-    ``params`` columns present, from ``source``."""
+                      params: list[tuple[str, str]] = (), only: tuple[str, ...] | None = None,
+                      extra: str = "") -> str:
+    """``SELECT`` of every ROW_TYPES column (``only``: of these) (cast; NULL when ``available``
+    lacks it), of the ``params`` columns present and of ``extra`` (SQL), from ``source``."""
     parts = []
     for name, typ in ROW_TYPES.items():
+        if only is not None and name not in only:
+            continue
         parts.append(f"CAST({q(name)} AS {typ}) AS {q(name)}" if name in available
                      else f"CAST(NULL AS {typ}) AS {q(name)}")
     for name, typ in params:
         if name in available:
             parts.append(f"CAST({q(name)} AS {sql_type(typ)}) AS {q(name)}")
-    return "SELECT " + ", ".join(parts) + f" FROM {source}"
+    return "SELECT " + ", ".join([*parts, *([extra] if extra else [])]) + f" FROM {source}"
 
 
 #: Parameter column type (harness.results.PARAM_TYPES values) → SQL type.

@@ -14,6 +14,7 @@ catalogued files it used) are not on the rows: they are written once per cell, a
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import platform
@@ -188,6 +189,9 @@ class PartCheck:
     examples: frozenset[int] = frozenset()
     rows: int = 0
     size: int = 0
+    #: check_header(constants=...): each asked column's one value in the file (None: absent or
+    #: all null), as its footer statistics prove; None when they prove it for some column not.
+    constants: dict[str, Any] | None = None
 
     @property
     def ok(self) -> bool:
@@ -200,11 +204,14 @@ def _first_line(exc: BaseException) -> str:
 
 
 def check_header(path: str | os.PathLike[str], required: Iterable[str] | None = None,
-                 fields: list[tuple[str, str]] | None = None) -> tuple[pa.Schema | None, PartCheck]:
+                 fields: list[tuple[str, str]] | None = None,
+                 constants: Iterable[str] = ()) -> tuple[pa.Schema | None, PartCheck]:
     """The checks of :func:`read_part` that need only the file's footer (it is there, non-empty,
     readable, with the ``required`` columns of the written types): (its schema or None, the
     verdict). Cheap enough to run on every part of a 10 M-row sweep before a columnar scan;
-    the file is closed again (55,000 parts must not hold 55,000 descriptors)."""
+    the file is closed again (55,000 parts must not hold 55,000 descriptors). ``constants``:
+    columns whose single value the verdict's ``constants`` gives where the footer's statistics
+    prove one (every row group: min == max and no null, or all null)."""
     path = Path(path)
     try:
         size = path.stat().st_size
@@ -215,20 +222,68 @@ def check_header(path: str | os.PathLike[str], required: Iterable[str] | None = 
     try:
         with pq.ParquetFile(path) as pf:
             schema, rows = pf.schema_arrow, pf.metadata.num_rows
+            values = _footer_constants(pf.metadata, schema, constants) if constants else None
     except Exception as exc:  # noqa: BLE001 (pyarrow raises ArrowInvalid, OSError, ...)
         return None, PartCheck(path, f"unreadable ({_first_line(exc)})", "unreadable", size=size)
-    required = SCHEMA.names if required is None else list(required)
-    missing = [c for c in required if c not in schema.names]
+    problem = _schema_problem(schema, tuple(SCHEMA.names if required is None else required),
+                              tuple(fields or ()))
+    if problem:
+        return None, PartCheck(path, problem, "schema", size=size, rows=rows)
+    return schema, PartCheck(path, size=size, rows=rows, constants=values)
+
+
+@functools.lru_cache(maxsize=256)  # a sweep's thousands of parts share a handful of schemas
+def _schema_problem(schema: pa.Schema, required: tuple[str, ...],
+                    fields: tuple[tuple[str, str], ...]) -> str | None:
+    """Why a file of this schema is refused (a required column missing or of another type)."""
+    names = set(schema.names)
+    missing = [c for c in required if c not in names]
     if missing:
-        return None, PartCheck(path, f"missing result column(s) {', '.join(missing)}", "schema",
-                               size=size, rows=rows)
+        return f"missing result column(s) {', '.join(missing)}"
     want = {f.name: f.type for f in SCHEMA}
-    want.update({n: ARROW_TYPES[t] for n, t in fields or [] if t in ARROW_TYPES})
+    want.update({n: ARROW_TYPES[t] for n, t in fields if t in ARROW_TYPES})
     for f in schema:
         if f.name in want and _kind(f.type) != _kind(want[f.name]):
-            return None, PartCheck(path, f"column {f.name!r} is {f.type}, not {want[f.name]}", "schema",
-                                   size=size, rows=rows)
-    return schema, PartCheck(path, size=size, rows=rows)
+            return f"column {f.name!r} is {f.type}, not {want[f.name]}"
+    return None
+
+
+_LEAVES: dict[tuple[str, ...], dict[str, int]] = {}  # column name -> leaf index, per schema
+
+
+def _footer_constants(md: Any, schema: pa.Schema, names: Iterable[str]) -> dict[str, Any] | None:
+    """Each of ``names``' single value in the file, from the footer's per-row-group statistics
+    (None for a column the file lacks or holds only nulls in); None when some column is not
+    proven constant (values differ, some nulls, statistics absent, a nested column)."""
+    key = tuple(schema.names)
+    leaves = _LEAVES.get(key)
+    if leaves is None:
+        paths = [md.schema.column(j).path for j in range(md.num_columns)]
+        leaves = _LEAVES[key] = {p: j for j, p in enumerate(paths)}
+    out: dict[str, Any] = {}
+    for name in names:
+        if name not in key:
+            out[name] = None
+            continue
+        j = leaves.get(name)
+        if j is None:
+            return None
+        seen: list[Any] = []
+        for g in range(md.num_row_groups):
+            rg = md.row_group(g)
+            st = rg.column(j).statistics
+            if st is None or not st.has_null_count:
+                return None
+            if st.null_count == rg.num_rows:
+                seen.append(None)
+            elif st.null_count == 0 and st.has_min_max and st.min == st.max:
+                seen.append(st.min)
+            else:
+                return None
+        if any(v != seen[0] for v in seen[1:]):
+            return None
+        out[name] = seen[0] if seen else None
+    return out
 
 
 def read_part(path: str | os.PathLike[str], required: Iterable[str] | None = None,
