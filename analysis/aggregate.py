@@ -807,12 +807,12 @@ def sweep_totals(data: pd.DataFrame | Rows) -> dict[str, Any]:
     """Rows, files, sweeps, cells, the distinct provenance values, and the cells whose rows mix
     asset files (a checkpoint replaced and re-staged mid-sweep)."""
     rows = as_rows(data)
-    seen = rows.df(f"""SELECT sweep, cell, source_file, harness_version, git_rev, torch_version, device,
+    seen = rows.df(f"""SELECT sweep, cell, source_file, harness_version, git_rev, torch_version, device, precision,
                               sum(n) AS n
                        FROM {rows.consts} GROUP BY ALL""")
     out: dict[str, Any] = {"rows": int(seen["n"].sum()), "files": seen["source_file"].nunique(),
                            "sweeps": seen["sweep"].nunique(), "cells": seen["cell"].nunique()}
-    for k in ("harness_version", "git_rev", "torch_version", "device"):
+    for k in ("harness_version", "git_rev", "torch_version", "device", "precision"):
         out[k] = sorted(seen[k].dropna().unique())
     cells = rows.cells
     out["mixed_assets"] = sorted(cells.loc[cells["mixed_assets"].astype(bool), "cell"]) if cells is not None else []

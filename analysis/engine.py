@@ -34,7 +34,7 @@ ROW_TYPES: dict[str, str] = {
     "data_index": "BIGINT", "clean_pred": "BIGINT", "perturbation": "DOUBLE", "found_by": "VARCHAR",
     "grad_evals": "BIGINT", "grad_nonfinite": "BIGINT", "seed": "BIGINT", "data_seed": "BIGINT",
     "purifier": "VARCHAR", "attack": "VARCHAR", "harness_version": "VARCHAR", "git_rev": "VARCHAR",
-    "torch_version": "VARCHAR", "host": "VARCHAR", "device": "VARCHAR",
+    "torch_version": "VARCHAR", "host": "VARCHAR", "device": "VARCHAR", "precision": "VARCHAR",
     "nonfinite_row": "BOOLEAN",  # carried by worst-of rows (analysis.aggregate)
     "cell_json": "VARCHAR", "assets": "VARCHAR",  # on every row in files before _cell.json
     "source_file": "VARCHAR",
@@ -45,7 +45,7 @@ ROW_TYPES: dict[str, str] = {
 FILE_CONSTANT: tuple[str, ...] = (
     "sweep", "cell", "dataset", "threat", "eps", "attack_label", "classifier", "label",
     "cell_examples", "eval_runs", "seed", "data_seed", "purifier", "attack", "harness_version",
-    "git_rev", "torch_version", "host", "device", "cell_json", "assets")
+    "git_rev", "torch_version", "host", "device", "precision", "cell_json", "assets")
 
 #: DuckDB working memory; past it, aggregations spill to a temporary directory. With the
 #: Python process and Arrow buffers this keeps `harness report` within ~2 GB at 10 M rows.

@@ -48,7 +48,8 @@ def describe(data: pd.DataFrame | Rows, summary: pd.DataFrame, results_path: str
         f"{t['sweeps']} sweep(s), {t['cells']} cell(s), {len(summary)} configuration(s)"
         + (f", {partial} PARTIAL" if partial else ", all complete"),
         f"provenance: harness {_distinct(t['harness_version'])}; git {_distinct(t['git_rev'])}; "
-        f"torch {_distinct(t['torch_version'])}; device {_distinct(t['device'])}",
+        f"torch {_distinct(t['torch_version'])}; device {_distinct(t['device'])}"
+        + (f"; precision {_distinct(t['precision'])}" if t.get("precision") else ""),
     ]
     mixed = t["mixed_assets"]
     if mixed:  # a checkpoint or data file replaced (and re-staged) mid-sweep

@@ -1,8 +1,8 @@
 """The per-batch loop shared by every attack and purifier.
 
 One batch: attack once (its own randomness, seeded per example), then N evaluation runs
-that purify and classify the clean and the adversarial inputs with fresh, per-example
-seeds. One row per (example, evaluation run).
+that purify and classify the clean and the adversarial inputs together (one batch) with
+fresh, per-example seeds. One row per (example, evaluation run).
 """
 from __future__ import annotations
 
@@ -55,12 +55,16 @@ def evaluate_batch(model: Defended, batch: Batch, *, cell: str, attack_fn: Attac
     pert = distance(x_adv, batch.x, norm).tolist()
     rows: list[dict[str, Any]] = []
     y = batch.y.tolist()
+    # Clean and adversarial inputs are purified as ONE batch per run (one pass of the reverse
+    # loop, twice the batch): both halves draw example i's run noise from its own seed, as
+    # two separate calls would (common random numbers: the pair differs only by the attack).
+    both = torch.cat([batch.x, x_adv]) if attacked else batch.x
     for run in range(eval_runs):
         run_seeds = [derive_seed(cell, seed, ex, "eval", run) for ex in batch.examples]
-        with torch.no_grad():
-            clean_pred = predict(model(batch.x, ExampleNoise(run_seeds, device)))
+        with torch.inference_mode():
+            pred = predict(model(both, ExampleNoise(run_seeds * (2 if attacked else 1), device)))
             nfe = model.purifier.nfe
-            adv_pred = predict(model(x_adv, ExampleNoise(run_seeds, device))) if attacked else clean_pred
+        clean_pred, adv_pred = (pred[:n], pred[n:]) if attacked else (pred, pred)
         for i, ex in enumerate(batch.examples):
             rows.append({
                 "example": ex, "data_index": batch.data_index[i], "y": y[i], "eval_run": run,

@@ -52,6 +52,7 @@ SCHEMA = pa.schema([
     ("seed_purify", pa.int64()), ("seed_attack", pa.int64()), ("nfe", pa.int64()), ("time_s", pa.float64()),
     ("harness_version", pa.string()), ("git_rev", pa.string()),
     ("torch_version", pa.string()), ("host", pa.string()), ("device", pa.string()),
+    ("precision", pa.string()),  # the networks' precision: fp32 | bf16 (harness.precision)
 ])  # + the cell's parameter columns (row_schema); cell_json and assets: in _cell.json
 
 #: Per-cell constants, once per cell beside its shard directories (ignored by result readers).

@@ -60,18 +60,31 @@ class Assets:
         return self._plugin("dataset", entry)
 
     def defended(self, cell: dict[str, Any]) -> Any:
+        """classifier(purifier(x)) for the cell, its networks at the cell's precision (see
+        harness.precision: bf16 autocast on CUDA unless the grid asks for fp32)."""
         from .models.denoisers import load_denoiser
+        from .precision import Network
         from .purify.pipeline import Defended
 
-        classifier = self._plugin("classifier", cell["classifier"]).to(self.device)
+        precision = self.precision(cell)
+        classifier = self.get(f"network:{precision}:{json.dumps(cell['classifier'], sort_keys=True)}",
+                              lambda: Network(self._plugin("classifier", cell["classifier"]).to(self.device),
+                                              precision, self.device))
         p = cell["purifier"]
         value = p["params"].get("denoiser")
-        eps_fn = (self.get(f"denoiser:{value}", lambda: load_denoiser(value, self.root, self.pinned).to(self.device))
-                  if value else None)
-        purifier = self.get(f"purifier:{json.dumps(p, sort_keys=True)}",
+        eps_fn = (self.get(f"denoiser:{precision}:{value}", lambda: Network(
+            load_denoiser(value, self.root, self.pinned).to(self.device), precision, self.device))
+            if value else None)
+        purifier = self.get(f"purifier:{precision}:{json.dumps(p, sort_keys=True)}",
                             lambda: registry.get("purifier", p["name"]).load()(
                                 p["name"], p["params"], self.device, eps_fn=eps_fn))
         return Defended(purifier, classifier)
+
+    def precision(self, cell: dict[str, Any]) -> str:
+        """The cell's precision on this device (its `precision`, "auto" when it has none)."""
+        from .precision import resolve
+
+        return resolve(cell.get("precision"), self.device)
 
 
 def _threat(attack: dict[str, Any]) -> tuple[str, float]:
@@ -122,8 +135,11 @@ def run_row(plan_row: dict[str, Any], results_dir: str | Path, assets: Assets, *
 
 def _run_locked(plan_row: dict[str, Any], results_dir: Path, out_dir: Path, assets: Assets, rank: int,
                 world: int, cell_examples: int | None, on_batch: Callable[[int], None] | None) -> int:
-    from .evaluate import Batch, evaluate_batch
+    import torch
+
     from .data.base import selection
+    from .evaluate import Batch, evaluate_batch
+    from .precision import configure_backends, to_device
 
     cell = json.loads(plan_row["cell_json"])
     todo = pending(plan_row, results_dir, rank, world)
@@ -144,6 +160,8 @@ def _run_locked(plan_row: dict[str, Any], results_dir: Path, out_dir: Path, asse
     fields = plan_fields(plan_row)
     schema = row_schema(fields)
     model = assets.defended(cell)
+    precision = assets.precision(cell)
+    configure_backends(assets.device, precision)
     attack = cell["attack"]
     attack_fn = registry.get("attack", attack["name"]).load()
     constant = {
@@ -153,19 +171,45 @@ def _run_locked(plan_row: dict[str, Any], results_dir: Path, out_dir: Path, asse
         **dict(zip(("threat", "eps"), _threat(attack))),
         "seed": cell["seed"], "data_seed": cell["data_seed"],
         "cell_examples": int(cell_examples or plan_row["stop"]), "eval_runs": cell["eval_runs"],
-        "device": str(assets.device), **provenance(), **param_values(cell, fields),
+        "device": str(assets.device), "precision": precision, **provenance(), **param_values(cell, fields),
     }
-    written = 0
-    bs = int(plan_row["batch_size"])
-    for i in range(0, len(todo), bs):
+    written, i = 0, 0
+    # Out of device memory: first keep no activations for the backward pass (checkpointing),
+    # then halve the batch and retry (nothing of a failed batch was written; rows do not
+    # depend on the batch size). What fits is kept for the rest of this process's rows.
+    fit_key = f"fit:{assets.device}:{_memory_key(cell)}"
+    bs, checkpoint = assets.cache.get(fit_key, (int(plan_row["batch_size"]), str(assets.device).startswith("cpu")))
+    model.purifier.checkpoint = checkpoint
+    while i < len(todo):
         examples = todo[i:i + bs]
         idx = order[np.asarray(examples)]
         x, y = data.take(idx)
-        batch = Batch(examples, idx.tolist(), x.to(assets.device), y.to(assets.device))
-        rows = evaluate_batch(model, batch, cell=plan_row["cell"], attack_fn=attack_fn,
-                              attack_params=attack["params"], eval_runs=cell["eval_runs"], seed=cell["seed"])
+        batch = Batch(examples, idx.tolist(), to_device(x, assets.device), to_device(y, assets.device))
+        try:
+            rows = evaluate_batch(model, batch, cell=plan_row["cell"], attack_fn=attack_fn,
+                                  attack_params=attack["params"], eval_runs=cell["eval_runs"], seed=cell["seed"])
+        except torch.OutOfMemoryError:
+            del batch
+            if model.purifier.checkpoint and bs == 1:
+                raise
+            if not model.purifier.checkpoint:
+                model.purifier.checkpoint = True
+            else:
+                bs //= 2
+            assets.cache[fit_key] = (bs, model.purifier.checkpoint)
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            print(f"harness: out of memory on {assets.device} at {len(examples)} examples; retrying with "
+                  f"batch {bs}, checkpointing {'on' if model.purifier.checkpoint else 'off'}", file=sys.stderr)
+            continue
         write_part([{**constant, **r} for r in rows], part_path(out_dir, rank, examples[0]), schema)
         written += len(rows)
+        i += len(examples)
         if on_batch:
             on_batch(len(examples))
     return written
+
+
+def _memory_key(cell: dict[str, Any]) -> str:
+    """What decides a batch's memory: the networks, the purifier and the attack (not the seed)."""
+    return json.dumps([cell[k] for k in ("dataset", "classifier", "purifier", "attack")], sort_keys=True)

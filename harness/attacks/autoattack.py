@@ -8,6 +8,13 @@ that touches that API is in this module; `square.py` reuses it.
 Versions: `standard` (APGD-CE, APGD-T, FAB-T, Square), `rand` (APGD-CE, APGD-DLR with
 EOT 20) and `custom` (the `attacks` list, in that order).
 
+EOT is upstream's: APGD averages the gradients of its `eot_iter` samples in a Python loop,
+one forward and backward each (so `rand` costs 20 sequential passes per step). It is not
+batched here: the gradient of the expected loss is the mean of the per-sample gradients,
+each taken at that sample's own logits, and a batched stand-in (one forward over the
+copies, one loss) would change the attack's arithmetic and its step-size rule's inputs;
+keeping upstream's loop keeps the numbers AutoAttack's users compare against.
+
 What is attacked: the whole defended model as ONE nn.Module (`Target`), logits =
 classifier(purifier(x)); with gradient="greybox" the classifier alone (the worker then
 purifies the result). For a stochastic purifier every forward call draws fresh noise
