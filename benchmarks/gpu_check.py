@@ -12,19 +12,17 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import time
 from pathlib import Path
-from typing import Any, Callable
 
 import torch
 
 from harness.catalog import load_catalog
+from harness.launch.preflight import best_time
 from harness.models.bundled import load_classifier, load_denoiser
 from harness.models.digits import UNetEps
 from harness.precision import Network, configure_backends
 from harness.purify.pipeline import Purifier, PurifierConfig
 from harness.rng import ExampleNoise, tile
-from harness.staging import build_on_meta  # noqa: F401  (the catalogue's builders, as staged)
 from harness.telemetry import machine
 
 #: Dense bf16 tensor-core peak, TFLOP/s (vendor data sheets), by a substring of the device name.
@@ -37,21 +35,6 @@ def build(arch_name: str) -> torch.nn.Module:
     arch = load_catalog().archs[arch_name]
     module, _, attr = arch.build.partition(":")
     return getattr(importlib.import_module(module), attr)(**arch.kwargs)
-
-
-def timed(fn: Callable[[], Any], device: str, repeat: int) -> float:
-    """Best wall seconds of ``repeat`` calls after one warm-up call."""
-    fn()
-    best = float("inf")
-    for _ in range(repeat):
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        fn()
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - t0)
-    return best
 
 
 def peak_tflops(device: str) -> float | None:
@@ -96,7 +79,7 @@ def throughput(device: str, arch_name: str, batches: list[int], repeat: int) -> 
             t = torch.full((b,), 100, dtype=torch.long, device=device)
             try:
                 with torch.inference_mode():
-                    s = timed(lambda: eps(x, t), device, repeat)
+                    s = best_time(lambda: eps(x, t), device, repeat)
             except torch.OutOfMemoryError:
                 lines.append(f"| {arch_name} | {prec} | {b} | out of memory | | |")
                 torch.cuda.empty_cache()
@@ -129,7 +112,7 @@ def pgd_step(device: str, batch: int, eot: int, repeat: int, loops: int = 3, ste
         if device.startswith("cuda"):
             torch.cuda.reset_peak_memory_stats(device)
         try:
-            s = timed(step, device, repeat)
+            s = best_time(step, device, repeat)
         except torch.OutOfMemoryError:
             lines.append(f"| PGD-EOT step, batch {batch} × EOT {eot} | checkpoint {ckpt} | out of memory | |")
             torch.cuda.empty_cache()

@@ -385,7 +385,7 @@ def require(needed: list[Need], root: Path) -> None:
 def require_grid(grid: Any, cli_assets: str | None = None) -> Path:
     """The grid's asset directory, after `require` on everything the grid names."""
     root = assets_dir(cli_assets, grid.assets)
-    require(needs(grid.cells), root)
+    require(needs(grid.representative_cells), root)  # (every asset a cell names is in one of them)
     return root
 
 

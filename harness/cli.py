@@ -49,16 +49,16 @@ def _profile_tflops(name: str | None, grid_path: Path) -> tuple[str | None, floa
 def cmd_plan(args: argparse.Namespace) -> int:
     from .catalog import assets_dir, needs, problems, refusal
     from .grid import load_grid
-    from .plan import cost_table, make_plan, summary, write_plan
+    from .plan import SUMMARY_COLUMNS, cost_table, load_plan, summary, write_plan
 
     grid = load_grid(args.grid)
     profile, tflops = _profile_tflops(args.profile or grid.profile, grid.path)
     root = assets_dir(args.assets, grid.assets)
-    bad = problems(needs(grid.cells), root)
+    bad = problems(needs(grid.representative_cells), root)
     if bad and args.check_assets:
         raise refusal(bad, root)
     path = write_plan(grid, args.jobs, overwrite=args.overwrite, assets=args.assets)
-    plan = make_plan(grid, args.assets)
+    plan = load_plan(path, SUMMARY_COLUMNS)  # read back, not built again: the costs' columns only
     print(summary(plan))
     rate = f"{tflops:g} TFLOP/s per GPU assumed by profile {profile!r}" if tflops else (
         f"profile {profile!r} sets no gpu_tflops" if profile else "no profile: pass --profile for GPU-hours")
@@ -97,17 +97,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     check_device(args.device)
     from .catalog import require_grid
     from .grid import load_grid
-    from .plan import make_plan, summary, write_plan
+    from .plan import load_plan, summary, write_plan
     from .launch.task import mark_complete, write_telemetry
     from .telemetry import GpuMonitor
-    from .ranks import World
+    from .ranks import World, configure_threads
     from .results import shard_dir, write_report_spec
     from .worker import Assets, pending, run_row
 
     grid = load_grid(args.grid)
     require_grid(grid, args.assets)
     path = write_plan(grid, args.jobs, overwrite=args.overwrite, assets=args.assets)
-    plan = make_plan(grid, args.assets)
+    plan = load_plan(path)  # what was written (and what a task would read), not a second build
     print(summary(plan))
     print(f"plan: {path}")
     results = Path(args.results)
@@ -117,13 +117,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     progress = Progress(todo, "examples")
     if todo == 0:
         print("every row is already complete; nothing to run")
+    configure_threads()  # from the cores this process owns, as every array task does
     assets = Assets.for_plan_row(rows[0], args.device)
     gpu_index = int(args.device.split(":")[1]) if args.device.startswith("cuda:") else (
         0 if args.device == "cuda" else None)
     for r in rows:
         out = shard_dir(results, r["sweep"], r["cell"], r["shard"])
         with GpuMonitor(gpu_index) as gpu:
-            written = run_row(r, results, assets, cell_examples=grid.examples,
+            written = run_row(r, results, assets, cell_examples=int(r["cell_examples"]),
                               on_batch=lambda n, r=r: progress.advance(n, f"· {r['label']} · {r['attack_label']}"))
         if written:
             write_telemetry(out, 0, written, args.device, gpu)
@@ -153,7 +154,19 @@ def cmd_submit(args: argparse.Namespace) -> int:
     from .launch.slurm import submit
 
     submit(args.grid, profile=args.profile, jobs=args.jobs, results=args.results,
-           dry_run=args.dry_run, resume=args.resume, assets=args.assets)
+           dry_run=args.dry_run, resume=args.resume, assets=args.assets, preflight=args.preflight)
+    return 0
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from .catalog import assets_dir
+    from .grid import load_grid
+    from .launch.preflight import calibrate
+    from .launch.profiles import load_profile, resolve
+
+    grid = load_grid(args.grid)
+    prof = load_profile(resolve(args.profile or grid.profile, grid.path))
+    calibrate(grid, prof, Path(args.jobs).absolute() / grid.sweep / "calibrate", assets_dir(args.assets, grid.assets))
     return 0
 
 
@@ -250,6 +263,16 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--dry-run", action="store_true", help="print the batch scripts and array ranges; submit nothing")
     sp.add_argument("--resume", action="store_true",
                     help="after earlier submissions: submit only rows neither complete nor queued/running")
+    sp.add_argument("--preflight", action="store_true",
+                    help="first run every distinct combination on 2 examples in one job on one node; "
+                         "submit nothing if any fails")
+    sp.add_argument("--assets", default=None, help=ASSETS_HELP)
+
+    sp = add("calibrate", cmd_calibrate,
+             "measure the denoiser and gradient rates of a grid's networks on one node of a profile")
+    sp.add_argument("--grid", required=True, help="grid YAML file (its networks and batch size)")
+    sp.add_argument("--profile", default=None, help="cluster profile (default: the grid's `profile:`)")
+    sp.add_argument("--jobs", default="jobs", help="jobs directory (default: jobs)")
     sp.add_argument("--assets", default=None, help=ASSETS_HELP)
 
     sp = add("stage", cmd_stage, "check a local asset directory against the catalogue (never downloads)")

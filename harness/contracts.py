@@ -15,8 +15,9 @@ Conventions shared by every kind:
 
 - Images are float32 tensors N×C×H×W with values in [0, 1] ("x01"); the diffusion model
   works in [-1, 1] ("x_t"). Labels are int64 tensors of shape (N,).
-- Randomness comes only from the `harness.rng.ExampleNoise` passed in, one generator per
-  example, so the same seeds give the same values whatever the batch.
+- Randomness comes only from the `harness.rng.ExampleNoise` passed in: per example, a
+  counter-based stream (Philox keyed by the example's seed), so the same seeds give the same
+  values whatever the batch.
 - A non-finite value is never a result: on finite inputs, outputs are finite.
 """
 from __future__ import annotations

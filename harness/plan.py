@@ -1,28 +1,44 @@
 """The plan: one row per (cell, shard), written once per sweep as Parquet.
 
 An array task receives only (plan path, row index), so the row carries everything a worker
-needs: the cell as canonical JSON, its hash and the example range. The cost columns are
-estimates of denoiser evaluations, for sizing jobs before anything is submitted.
+needs: the cell as canonical JSON, its hash, the example range and the cell's example count.
+The cost columns are estimates of denoiser evaluations, for sizing jobs before anything is
+submitted.
+
+At scale (a million rows) the plan is built a row group at a time from the grid's CellTable:
+the plugins' hooks run once per variant, not once per row, and no row exists as a Python
+object. The file holds row groups of ROW_GROUP_ROWS rows, so a task decodes one group to
+read its row (load_plan_row), never the whole plan.
 """
 from __future__ import annotations
 
-import io
+import os
 from pathlib import Path
-from typing import Any
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 from . import registry
 from .difftime import T  # noqa: F401  (re-exported: plan costs are in steps of T)
 from .errors import UsageError
 from .fsutil import atomic_write
-from .grid import Grid, canonical_json, cell_hash, cell_label
+from .grid import HASH_SALT, Grid, cell_label, salted_hashes
+from .registry import KINDS
+
+if TYPE_CHECKING:  # pandas and pyarrow load on use: a task reading its row needs no pandas
+    import pandas as pd
+    import pyarrow as pa
 
 COLUMNS = ("row", "sweep", "cell", "shard", "start", "stop", "cell_json", "label", "attack_label",
            "dataset", "classifier", "purifier", "attack", "seed", "batch_size",
-           "nfe_per_example", "nfe_total", "gflop_total", "assets_dir", "asset_sha256", "param_columns")
+           "nfe_per_example", "nfe_total", "gflop_total", "assets_dir", "asset_sha256", "param_columns",
+           "cell_examples")
 _INT_COLUMNS = ("row", "shard", "start", "stop", "seed", "batch_size", "nfe_per_example",
-                "nfe_total")
+                "nfe_total", "cell_examples")
+_FLOAT_COLUMNS = ("gflop_total",)
+#: What summary() and cost_table() read of a plan.
+SUMMARY_COLUMNS = ("cell", "purifier", "start", "stop", "nfe_total", "gflop_total")
+#: Rows per Parquet row group: what a task decodes to read its row. Smaller groups make the
+#: footer (read whole by every task) larger; benchmarks/plan_scale.py measured the choice.
+ROW_GROUP_ROWS = 4096
 
 
 # ---------------------------------------------------------------- cost estimate
@@ -50,9 +66,9 @@ def nfe_row(cell: dict[str, Any], n_examples: int) -> int:
     return nfe_per_purification(cell["purifier"]) * n_examples * passes_per_example(cell)
 
 
-def gflop_row(cell: dict[str, Any], n_examples: int) -> float:
-    """Estimated GFLOPs of one row (denoiser and classifier forwards; a backward pass counted
-    as one more forward, like the NFE); NaN when an architecture is not in the catalogue."""
+def gflop_per_pass(cell: dict[str, Any]) -> float:
+    """Estimated GFLOPs of one purify-and-classify pass of one example (the cell's purifier and
+    classifier are all it reads); NaN when an architecture is not in the catalogue."""
     from .catalog import arch_of, classifier_arch
 
     nfe = nfe_per_purification(cell["purifier"])
@@ -60,8 +76,13 @@ def gflop_row(cell: dict[str, Any], n_examples: int) -> float:
     classifier = classifier_arch(cell["classifier"])
     if classifier is None or (nfe and denoiser is None):
         return float("nan")
-    per_pass = nfe * (denoiser.gflops if denoiser else 0.0) + classifier.gflops
-    return per_pass * n_examples * passes_per_example(cell)
+    return nfe * (denoiser.gflops if denoiser else 0.0) + classifier.gflops
+
+
+def gflop_row(cell: dict[str, Any], n_examples: int) -> float:
+    """Estimated GFLOPs of one row (denoiser and classifier forwards; a backward pass counted
+    as one more forward, like the NFE); NaN when an architecture is not in the catalogue."""
+    return gflop_per_pass(cell) * n_examples * passes_per_example(cell)
 
 
 # ---------------------------------------------------------------- plan
@@ -81,69 +102,275 @@ def shard_ranges(examples: int, shard_size: int) -> list[tuple[int, int]]:
     return [(k, min(examples, k + shard_size)) for k in range(0, examples, shard_size)]
 
 
-def make_plan(grid: Grid, assets: str | Path | None = None) -> pd.DataFrame:
-    """One row per (cell, shard), in cell order then shard order; `row` is the array index.
+def plan_schema() -> pa.Schema:
+    """The plan's columns as written and read back: int64, float64 (gflop_total) and strings."""
+    import pyarrow as pa
+
+    return pa.schema([(c, pa.int64() if c in _INT_COLUMNS else pa.float64() if c in _FLOAT_COLUMNS
+                       else pa.string()) for c in COLUMNS])
+
+
+#: Columns with a few distinct values (per sweep or per variant): built and written as
+#: dictionaries, so a million rows cost indices, not a million strings to hash and compress.
+_DICTIONARY_COLUMNS = ("sweep", "label", "attack_label", *KINDS, "assets_dir", "asset_sha256", "param_columns")
+
+
+def _batch_schema() -> pa.Schema:
+    """plan_schema with _DICTIONARY_COLUMNS as dictionaries: what plan_batches yields."""
+    import pyarrow as pa
+
+    return pa.schema([pa.field(f.name, pa.dictionary(pa.int32(), f.type)) if f.name in _DICTIONARY_COLUMNS
+                      else f for f in plan_schema()])
+
+
+def _used(index: Any, n: int) -> Any:
+    """Which of n values an index array uses, as a boolean mask (O(len + n), no sort)."""
+    import numpy as np
+
+    mask = np.zeros(n, dtype=bool)
+    mask[index] = True
+    return mask
+
+
+def _per_value(grid: Grid, axis: str, fn: Callable[[Any], Any], unused: Any = None) -> list[Any]:
+    """fn of each value of a CellTable axis that some cell has (`unused` for the others: an
+    excluded variant's hooks never run, as they never did)."""
+    values = grid.table.values[axis]
+    used = _used(grid.table.index[axis], len(values))
+    return [fn(v) if u else unused for v, u in zip(values, used.tolist())]
+
+
+def _coded(values: list[Any]) -> tuple[Any, pa.Array]:
+    """(code of each value, the distinct values): a dictionary's values must be distinct, or
+    the Parquet writer's output depends on more than the data (two PGD variants share a name)."""
+    import numpy as np
+    import pyarrow as pa
+
+    distinct: dict[Any, int] = {}
+    codes = [distinct.setdefault(v, len(distinct)) for v in values]
+    return np.array(codes, dtype=np.int64), pa.array(list(distinct), pa.string())
+
+
+def _dictionary(codes: Any, values: pa.Array) -> tuple[pa.Array, pa.Array]:
+    """(indices, dictionary) of values[codes] over the values a batch uses only, so that a row
+    group's dictionary page holds its own variants, not every variant of the sweep."""
+    import numpy as np
+    import pyarrow as pa
+
+    used = np.flatnonzero(_used(codes, len(values)))
+    renumber = np.zeros(len(values), dtype=np.int32)
+    renumber[used] = np.arange(len(used), dtype=np.int32)
+    return pa.array(renumber[codes]), values.take(pa.array(used))
+
+
+def plan_batches(grid: Grid, assets: str | Path | None = None) -> Iterator[pa.RecordBatch]:
+    """The plan's rows in order, ROW_GROUP_ROWS at a time (the last batch may be short): one row
+    per (cell, shard), in cell order then shard order; `row` is the array index. Columns as
+    _batch_schema (plan_frame makes them plain).
 
     `assets_dir` is where the workers resolve `asset:<name>` values (see harness.catalog)."""
     import json
 
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
     from .catalog import assets_dir, pins
 
+    table = grid.table
     root = assets_dir(str(assets) if assets else None, grid.assets)
+    cells = grid.representative_cells  # every variant and pair the two columns below look at
     # The sha256 of every catalogued file as staged now: the workers hold the files to it.
-    pinned = json.dumps(pins(grid.cells, root), sort_keys=True)
-    columns = param_columns(grid.cells)
-    rows = []
-    for cell in grid.cells:
-        fixed = {"sweep": grid.sweep, "cell": cell_hash(cell), "cell_json": canonical_json(cell),
-                 "label": cell_label(cell), "attack_label": cell_label(cell, "attack"),
-                 **{k: cell[k]["name"] for k in ("dataset", "classifier", "purifier", "attack")},
-                 "seed": cell["seed"], "batch_size": grid.batch_size,
-                 "nfe_per_example": nfe_per_purification(cell["purifier"])}
-        for k, (start, stop) in enumerate(shard_ranges(grid.examples, grid.shard_size)):
-            rows.append({**fixed, "shard": k, "start": start, "stop": stop,
-                         "nfe_total": nfe_row(cell, stop - start),
-                         "gflop_total": gflop_row(cell, stop - start), "assets_dir": str(root),
-                         "asset_sha256": pinned, "param_columns": columns})
-    df = pd.DataFrame(rows)
-    df["row"] = range(len(df))
-    return df[list(COLUMNS)].astype({c: "int64" for c in _INT_COLUMNS})
+    fixed = {"sweep": grid.sweep, "assets_dir": str(root),
+             "asset_sha256": json.dumps(pins(cells, root), sort_keys=True), "param_columns": param_columns(cells)}
+    ranges = np.array(shard_ranges(grid.examples, grid.shard_size), dtype=np.int64)
+    sizes = ranges[:, 1] - ranges[:, 0]
+    # Per variant (the hooks run once each), then per cell by index.
+    per_value = {k: (k, *_coded(_per_value(grid, k, lambda v: v["name"], ""))) for k in KINDS}
+    for column, kind in (("label", "purifier"), ("attack_label", "attack")):
+        per_value[column] = (kind, *_coded(_per_value(grid, kind, lambda v: cell_label({kind: v}, kind), "")))
+    ip, ic, ia = (table.index[k] for k in ("purifier", "classifier", "attack"))
+    nfe = np.array(_per_value(grid, "purifier", nfe_per_purification, 0), dtype=np.int64)[ip]
+    eval_runs = table.settings["eval_runs"]
+    passes = np.array(_per_value(grid, "attack", lambda v: passes_per_example({"eval_runs": eval_runs, "attack": v}),
+                                 0), dtype=np.int64)[ia]
+    n_cls = len(table.values["classifier"])
+    pairs, pair_of_cell = np.unique(ip * n_cls + ic, return_inverse=True)
+    per_pass = np.array([gflop_per_pass({"purifier": table.values["purifier"][int(c) // n_cls],
+                                         "classifier": table.values["classifier"][int(c) % n_cls]})
+                         for c in pairs], dtype=np.float64)[pair_of_cell.reshape(-1)]
+    if float((nfe.astype(np.float64) * passes).max()) * float(sizes.max()) >= 2.0 ** 63:
+        raise UsageError(f"{grid.path}: a row's estimated denoiser evaluations exceed 2^63; "
+                         "lower the attack's steps, eot or queries, or the shard size")
+    seeds = np.array(table.values["seeds"], dtype=np.int64)[table.index["seeds"]]
+    literals, axes = table.json_pieces()
+    value_json = {a: pa.array(table.value_json(a), pa.string()) for a in set(axes)}
+    schema = _batch_schema()
+    n_rows = len(table) * len(ranges)
+    for first in range(0, n_rows, ROW_GROUP_ROWS):
+        rows = np.arange(first, min(n_rows, first + ROW_GROUP_ROWS), dtype=np.int64)
+        n = len(rows)
+        cell, shard = np.divmod(rows, len(ranges))
+        lo, hi = int(cell[0]), int(cell[-1]) + 1
+        local = pa.array(cell - lo)
+        # The cells' canonical JSON joined from their values' JSON (CellTable.json_pieces), hashed once per cell.
+        pieces: list[Any] = [literals[0]]
+        for a, literal in zip(axes, literals[1:]):
+            pieces += [value_json[a].take(pa.array(table.index[a][lo:hi])), literal]
+        texts = pc.binary_join_element_wise(*pieces, "")
+        salted = pc.binary_join_element_wise(HASH_SALT, texts, "").cast(pa.binary()).to_pylist()
+        size = sizes[shard]
+        zeros = pa.array(np.zeros(n, np.int32))
+        cols: dict[str, Any] = {
+            **{k: pa.DictionaryArray.from_arrays(zeros, pa.array([v], pa.string())) for k, v in fixed.items()},
+            **{k: pa.DictionaryArray.from_arrays(*_dictionary(codes[table.index[kind][cell]], values))
+               for k, (kind, codes, values) in per_value.items()},
+            "row": rows, "cell": pa.array(salted_hashes(salted), pa.string()).take(local),
+            "shard": shard, "start": ranges[shard, 0], "stop": ranges[shard, 1],
+            "cell_json": texts.take(local), "seed": seeds[cell], "batch_size": np.full(n, grid.batch_size),
+            "nfe_per_example": nfe[cell], "nfe_total": nfe[cell] * size * passes[cell],
+            "gflop_total": per_pass[cell] * size * passes[cell], "cell_examples": np.full(n, grid.examples),
+        }
+        yield pa.RecordBatch.from_arrays([cols[c] if isinstance(cols[c], pa.Array) else pa.array(cols[c], pa.int64()
+                                          if c in _INT_COLUMNS else pa.float64()) for c in COLUMNS], schema=schema)
 
 
-def load_plan(path: str | Path) -> pd.DataFrame:
-    """A plan written by write_plan."""
+def plan_table(grid: Grid, assets: str | Path | None = None) -> pa.Table:
+    """The whole plan as one Arrow table of plan_batches (write_plan(plan=) writes it as is)."""
+    import pyarrow as pa
+
+    return pa.Table.from_batches(list(plan_batches(grid, assets)), schema=_batch_schema())
+
+
+def plan_frame(table: pa.Table) -> pd.DataFrame:
+    """A plan_table as the DataFrame load_plan reads back from the file (plain columns)."""
+    return table.cast(plan_schema()).to_pandas()
+
+
+def make_plan(grid: Grid, assets: str | Path | None = None) -> pd.DataFrame:
+    """The whole plan as a DataFrame (what load_plan reads back from write_plan's file)."""
+    return plan_frame(plan_table(grid, assets))
+
+
+def _plan_file(path: str | Path) -> Path:
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"{path}: no plan here; run `harness plan <grid.yaml>` first")
-    return pd.read_parquet(path)
+    return path
 
 
-def _parquet_bytes(df: pd.DataFrame) -> bytes:
-    buf = io.BytesIO()
-    df.to_parquet(buf, engine="pyarrow", index=False)
-    return buf.getvalue()
+def load_plan(path: str | Path, columns: Sequence[str] | None = None) -> pd.DataFrame:
+    """A plan written by write_plan, whole or only `columns` (e.g. SUMMARY_COLUMNS)."""
+    import pandas as pd
+
+    return pd.read_parquet(_plan_file(path), columns=list(columns) if columns else None)
 
 
-def _existing_cells(path: Path) -> set[str]:
+def load_plan_row(path: str | Path, index: int) -> dict[str, Any]:
+    """Row `index` of a plan, as a dict of plain Python values, decoding only its row group (at
+    a million rows: the footer and one group, ~0.02 s and ~25 MB over the imports, instead of
+    the whole plan; benchmarks/plan_scale.py).
+
+    A plan written before the `cell_examples` column existed gets it computed (the largest
+    `stop` of the cell's rows, from those two columns only)."""
+    import pyarrow.parquet as pq
+
+    path = _plan_file(path)
+    # Repeated strings stay dictionaries until the one row is taken: 4096 copies of the sweep's
+    # parameter columns are not made to read one.
+    plan = pq.ParquetFile(path, read_dictionary=list(_DICTIONARY_COLUMNS))
+    meta = plan.metadata
+    if not 0 <= index < meta.num_rows:
+        raise IndexError(f"{path}: row {index} out of range 0..{meta.num_rows - 1}")
+    first = 0
+    for group in range(meta.num_row_groups):
+        n = meta.row_group(group).num_rows
+        if index < first + n:
+            break
+        first += n
+    row = plan.read_row_group(group, use_threads=False).slice(index - first, 1).to_pylist()[0]
+    if "cell_examples" not in row:
+        import pyarrow.compute as pc
+
+        t = plan.read(columns=["cell", "stop"])
+        row["cell_examples"] = pc.max(pc.filter(t["stop"], pc.equal(t["cell"], row["cell"]))).as_py()
+    return row
+
+
+def _write_parquet(batches: Iterator[pa.RecordBatch], path: Path) -> None:
+    """Write the batches to `path`, one row group each, and fsync. The writer (compression in
+    C++, without the GIL) runs in a thread while the next batch is built (hashing, which holds
+    it): on two cores the plan costs the larger of the two, not their sum."""
+    import queue
+    import threading
+
+    import pyarrow.parquet as pq
+
+    todo: queue.Queue[pa.RecordBatch | None] = queue.Queue(maxsize=2)
+    failed: list[BaseException] = []
+    with open(path, "wb") as f:
+        # Without the Arrow schema in the file the dictionary columns read back as plain strings.
+        with pq.ParquetWriter(f, _batch_schema(), compression="zstd", compression_level=1, write_statistics=False,
+                              use_dictionary=list(_DICTIONARY_COLUMNS), store_schema=False) as writer:
+            def write() -> None:
+                while (batch := todo.get()) is not None:
+                    try:
+                        if not failed:
+                            writer.write_batch(batch, row_group_size=ROW_GROUP_ROWS)
+                    except BaseException as exc:  # noqa: BLE001 (re-raised by the builder below)
+                        failed.append(exc)
+
+            thread = threading.Thread(target=write, name="plan-writer", daemon=True)
+            thread.start()
+            try:
+                for batch in batches:
+                    if failed:
+                        break
+                    todo.put(batch)
+            finally:
+                todo.put(None)
+                thread.join()
+            if failed:
+                raise failed[0]
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _cells(path: Path) -> pa.Array:
+    """The distinct cells of a plan file, read from its `cell` column only."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    return pq.read_table(path, columns=["cell"]).column("cell").cast(pa.string()).unique()
+
+
+def _same_cells(path: Path, new: Path) -> bool:
+    import pyarrow.compute as pc
+
     try:
-        return set(load_plan(path)["cell"])
+        old = _cells(path)
     except Exception as exc:  # noqa: BLE001 (any unreadable plan is treated the same way)
         raise UsageError(f"{path}: existing plan is unreadable ({exc}); "
                          "pass overwrite=True to replace it") from None
+    cells = _cells(new)
+    return len(old) == len(cells) and bool(pc.all(pc.is_in(cells, value_set=old)).as_py())
 
 
 def write_plan(grid: Grid, jobs_dir: str | Path = "jobs", overwrite: bool = False,
-               assets: str | Path | None = None) -> Path:
+               assets: str | Path | None = None, plan: pa.Table | None = None) -> Path:
     """Write jobs/<sweep>/plan.parquet and grid.yaml (the source bytes); return the plan path.
 
-    An identical plan is left untouched. The same cells with other sizes (e.g. more
-    examples) replace it, since results are keyed by cell hash and example index. Other
-    cells under the same sweep name are refused unless overwrite=True.
+    The plan is streamed from plan_batches (a million rows never held at once), or taken from
+    `plan`, the grid's plan_table where the caller built it already. An identical plan is left
+    untouched. The same cells with other sizes (e.g. more examples) replace it, since results
+    are keyed by cell hash and example index. Other cells under the same sweep name are
+    refused unless overwrite=True.
     """
+    import filecmp
+    import uuid
+
     from .fsutil import file_lock, remove_temporaries
 
-    df = make_plan(grid, assets)
-    data = _parquet_bytes(df)
     out = Path(jobs_dir) / grid.sweep
     plan_path, grid_path = out / "plan.parquet", out / "grid.yaml"
     out.mkdir(parents=True, exist_ok=True)
@@ -152,15 +379,22 @@ def write_plan(grid: Grid, jobs_dir: str | Path = "jobs", overwrite: bool = Fals
     with file_lock(out.parent / f".{grid.sweep}.plan.lock") as state:
         if state == "held":
             remove_temporaries(out, plan_path.name, grid_path.name)
-        if plan_path.exists():
-            if not overwrite and _existing_cells(plan_path) != set(df["cell"]):
-                raise UsageError(f"{plan_path}: sweep name {grid.sweep!r} is taken by a different "
-                                 "grid; choose another `sweep:` name or pass overwrite=True")
-            if (plan_path.read_bytes() == data and grid_path.is_file()
-                    and grid_path.read_bytes() == grid.source):
-                return plan_path
-        atomic_write(grid_path, grid.source)  # the plan last: its presence marks a complete write
-        atomic_write(plan_path, data)
+        # atomic_write's temporary name (remove_temporaries knows it), written in row groups
+        tmp = out / f".{plan_path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"
+        try:
+            batches = plan.to_batches(ROW_GROUP_ROWS) if plan is not None else plan_batches(grid, assets)
+            _write_parquet(batches, tmp)
+            if plan_path.exists():
+                if not overwrite and not _same_cells(plan_path, tmp):
+                    raise UsageError(f"{plan_path}: sweep name {grid.sweep!r} is taken by a different "
+                                     "grid; choose another `sweep:` name or pass overwrite=True")
+                if (filecmp.cmp(tmp, plan_path, shallow=False) and grid_path.is_file()
+                        and grid_path.read_bytes() == grid.source):
+                    return plan_path
+            atomic_write(grid_path, grid.source)  # the plan last: its presence marks a complete write
+            os.replace(tmp, plan_path)
+        finally:
+            tmp.unlink(missing_ok=True)
     return plan_path
 
 

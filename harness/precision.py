@@ -21,8 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-#: What a grid's `precision:` may ask for; "auto" resolves by device (resolve()).
-PRECISIONS = ("auto", "fp32", "bf16")
+from .grid import PRECISIONS  # what a grid may ask for; "auto" resolves by device (resolve())
 
 
 def resolve(precision: str | None, device: str | torch.device) -> str:

@@ -30,20 +30,8 @@ class World:
         return int(self.comm.allreduce(value))
 
     def configure_threads(self) -> int:
-        """CPU threads for this rank: the Slurm allocation per task, unless OMP_NUM_THREADS says.
-
-        Without this, every rank of an oversubscribed node spins up one thread per core and
-        small convolutions run ten times slower than on one thread.
-        """
-        import torch
-
-        if "OMP_NUM_THREADS" not in os.environ:
-            cpus = _env_int("SLURM_CPUS_PER_TASK")
-            if cpus is None and self.size > 1:
-                cpus = max(1, (os.cpu_count() or 1) // self.size)
-            if cpus:
-                torch.set_num_threads(cpus)
-        return torch.get_num_threads()
+        """CPU threads for this rank (configure_threads, the cores shared by this world's ranks)."""
+        return configure_threads(self.size)
 
     def device(self) -> str:
         """One GPU per rank by local id; CPU where there is none."""
@@ -55,6 +43,43 @@ class World:
         except ImportError:  # pragma: no cover
             pass
         return "cpu"
+
+
+def owned_cores(ranks: int = 1) -> int:
+    """The cores this process may use: the Slurm allocation per task where one is set, else the
+    CPUs of its affinity mask (what taskset, cgroups' cpusets and srun's binding leave it; not
+    the machine's count), shared evenly by `ranks` processes."""
+    cpus = _env_int("SLURM_CPUS_PER_TASK")
+    if cpus:
+        return cpus
+    try:
+        mask = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover (macOS has no affinity masks)
+        mask = os.cpu_count() or 1
+    return max(1, mask // max(1, ranks))
+
+
+def configure_threads(ranks: int = 1) -> int:
+    """Set torch's and the BLAS/OpenMP libraries' thread counts to owned_cores(ranks), unless
+    OMP_NUM_THREADS says otherwise (they read it themselves); return torch's count. Serves
+    `harness run` and every array task and rank.
+
+    Without this, torch starts one thread per core of the machine: ranks sharing a node, or a
+    process confined to a few cores beside other work, oversubscribe the CPUs and small
+    convolutions run ten to a hundred times slower than on the cores they own.
+    """
+    import torch
+
+    if "OMP_NUM_THREADS" not in os.environ:
+        cores = owned_cores(ranks)
+        torch.set_num_threads(cores)
+        try:  # numpy's BLAS too (scikit-learn brings threadpoolctl)
+            from threadpoolctl import threadpool_limits
+
+            threadpool_limits(cores)
+        except ImportError:  # pragma: no cover
+            pass
+    return torch.get_num_threads()
 
 
 def _env_int(*names: str) -> int | None:

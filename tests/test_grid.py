@@ -62,9 +62,9 @@ def test_defaults_filled() -> None:
         "tucker": "none", "tucker_patch": 4, "tucker_stride": 2, "tucker_rank": 0.5,
         "tucker_per": "image"}}
     assert c["attack"] == {"name": "none", "params": {}}
-    assert (c["seed"], c["eval_runs"], c["data_seed"]) == (0, 1, 0)
+    assert (c["seed"], c["eval_runs"], c["data_seed"], c["precision"]) == (0, 1, 0, "auto")
     assert set(c) == {"dataset", "classifier", "purifier", "attack", "seed", "eval_runs",
-                      "data_seed"}
+                      "data_seed", "precision"}
 
 
 def test_grid_defaults(tmp_path: Path) -> None:
@@ -145,7 +145,7 @@ def test_yaml_exponent_is_float(tmp_path: Path) -> None:
 def test_hash_pinned() -> None:
     # Results are keyed by this hash: changing it must be deliberate (bump HASH_SALT).
     [c] = cells()
-    assert cell_hash(c) == "a883511a06ba6e32"
+    assert cell_hash(c) == "70f428dd3b0bb26f"  # v3 (counter-based noise, precision in the cell)
 
 
 def test_hash_is_salted_sha256_of_canonical_json() -> None:

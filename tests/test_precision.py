@@ -161,3 +161,20 @@ def test_out_of_memory_turns_checkpointing_on_then_halves_the_batch(tiny_grid, t
     keep = ["cell", "example", "eval_run", "clean_pred", "adv_pred", "perturbation"]
     key = ["example", "eval_run"]
     assert a[keep].sort_values(key).reset_index(drop=True).equals(b[keep].sort_values(key).reset_index(drop=True))
+
+
+def test_grid_precision_is_checked_and_part_of_the_cell(tmp_path) -> None:
+    from harness.errors import UsageError
+    from harness.grid import cell_hash, load_grid
+
+    text = (tmp_path / "tiny.yaml")
+    base = "sweep: p\ndataset: digits\nclassifier: digits-cnn\npurifier: none\nattack: none\nexamples: 2\n"
+    text.write_text(base)
+    auto = load_grid(text).cells[0]
+    text.write_text(base + "precision: fp32\n")
+    fp32 = load_grid(text).cells[0]
+    assert auto["precision"] == "auto" and fp32["precision"] == "fp32"
+    assert cell_hash(auto) != cell_hash(fp32)  # part of the identity: never mixed
+    text.write_text(base + "precision: fp16\n")
+    with pytest.raises(UsageError, match=r"precision.*fp16.*auto, fp32, bf16"):
+        load_grid(text)

@@ -19,7 +19,7 @@ What is attacked: the whole defended model as ONE nn.Module (`Target`), logits =
 classifier(purifier(x)); with gradient="greybox" the classifier alone (the worker then
 purifies the result). For a stochastic purifier every forward call draws fresh noise
 from the attack's ExampleNoise: AutoAttack subsets and reorders its batches internally,
-so row j of a call draws from generator j mod n; each call advances the generators, so
+so row j of a call draws from example j mod n's stream; each call advances the streams, so
 no two calls share a draw, and the draws are a function of the attack's seeds and the
 call sequence. AutoAttack's own randomness (random starts, Square's proposals, target
 choice) comes from torch's global generator, which it seeds through its `seed=`

@@ -27,7 +27,7 @@ GradientFn = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 def eot_gradient(logits_fn: LogitsFn, x: torch.Tensor, y: torch.Tensor, eot: int,
                  noise: ExampleNoise) -> tuple[torch.Tensor, torch.Tensor]:
     """∇_x of the summed cross-entropy of logits_fn, averaged over `eot` draws in one batched
-    pass (copy j of example i draws from example i's generator), and per example the number
+    pass (copy j of example i takes example i's j-th successive draw), and per example the number
     of its `eot` gradients that were non-finite. Those are zeroed (a NaN must not poison the
     step) and counted, never dropped silently: see attacks.finite."""
     n = x.shape[0]

@@ -155,19 +155,21 @@ def group_rows(rows: list[dict[str, Any]], profile: Profile) -> dict[tuple[Any, 
 def submit(grid_path: str | Path, profile: str | None = None, jobs: str | Path = "jobs",
            results: str | Path | None = None, dry_run: bool = False, resume: bool = False,
            out: Callable[[str], None] = print, states: dict[str, str] | None = None,
-           assets: str | None = None) -> list[str]:
+           assets: str | None = None, preflight: bool = False) -> list[str]:
     """Check the assets, plan, select the unfinished rows, submit them as arrays; return the job ids.
 
-    A missing or changed asset stops it before anything is written or submitted (exit 2)."""
+    A missing or changed asset stops it before anything is written or submitted (exit 2), as
+    does a failed ``preflight`` (every distinct combination once on one node, see
+    harness.launch.preflight)."""
     from ..catalog import assets_dir, needs, problems, require_grid
     from ..grid import load_grid
-    from ..plan import load_plan, make_plan, write_plan
+    from ..plan import load_plan, plan_frame, plan_table, write_plan
     from ..results import write_report_spec
 
     grid = load_grid(grid_path)
     root = assets_dir(assets, grid.assets)
     if dry_run:
-        for line in problems(needs(grid.cells), root):
+        for line in problems(needs(grid.representative_cells), root):
             out(f"# asset problem (a real submission stops here): {line}")
     else:
         require_grid(grid, assets)
@@ -178,14 +180,19 @@ def submit(grid_path: str | Path, profile: str | None = None, jobs: str | Path =
     prof.check_arch(python_given=prof.python is not None)
     results_root = Path(results or last.get("results") or "results").absolute()
     plan_path = jobs_sweep / "plan.parquet"
-    plan = make_plan(grid, root)
+    table = plan_table(grid, root)  # built once: compared, written and selected from
+    plan = plan_frame(table)
     sel = select_rows(plan.to_dict("records"), results_root, submissions, resume, states)
+    if preflight and not dry_run and sel.todo:
+        from .preflight import preflight as run_preflight
+
+        run_preflight(grid, prof, jobs_sweep / "slurm", results_root, root, out)
     if not dry_run:
         if sel.active and plan_path.is_file() and not load_plan(plan_path).equals(plan):
             raise UsageError(f"{plan_path}: the grid now gives another plan, but {len(sel.active)} rows of "
                              "the old one are queued or running (they read the plan when they start); "
                              "wait for them or scancel them, then submit again")
-        write_plan(grid, jobs_sweep.parent, assets=root)
+        write_plan(grid, jobs_sweep.parent, assets=root, plan=table)
         write_report_spec(results_root, grid.sweep, grid.report)
     out(f"plan: {plan_path}{' (not written: dry run)' if dry_run else ''}")
     out(f"profile: {prof.name} ({prof.path})")

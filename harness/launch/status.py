@@ -218,16 +218,20 @@ def sweep_status(target: str | Path, jobs: str | Path | None = None,
                              "examples": n, "done": n, "running": 0, "queued": 0, "failed": 0, "missing": 0,
                              "problems": problems})
         return st
-    plan = load_plan(jobs_dir / "plan.parquet")
+    # The columns counted here only (not the provenance ones every row repeats)
+    plan = load_plan(jobs_dir / "plan.parquet", ["cell", "shard", "start", "stop", "label", "attack_label",
+                                                 "cell_json"])
     cells: dict[str, dict[str, Any]] = {}
+    eval_runs: dict[str, int] = {}  # per cell: its JSON parsed once, not once per shard
     for row in plan.to_dict("records"):
-        c = cells.setdefault(row["cell"], {"cell": row["cell"], "label": row["label"],
-                                           "attack_label": row["attack_label"], "examples": 0,
-                                           **{k: 0 for k in STATES}, "problems": []})
+        if row["cell"] not in cells:
+            cells[row["cell"]] = {"cell": row["cell"], "label": row["label"], "attack_label": row["attack_label"],
+                                  "examples": 0, **{k: 0 for k in STATES}, "problems": []}
+            eval_runs[row["cell"]] = int(json.loads(row["cell_json"])["eval_runs"])
+        c = cells[row["cell"]]
         want = set(range(int(row["start"]), int(row["stop"])))
         have, problems = _shard_problems(shard_dir(results_root, sweep, row["cell"], int(row["shard"])),
-                                         int(row["start"]), int(row["stop"]),
-                                         int(json.loads(row["cell_json"])["eval_runs"]))
+                                         int(row["start"]), int(row["stop"]), eval_runs[row["cell"]])
         c["problems"] += problems
         done = len(want & have)
         rest = len(want) - done

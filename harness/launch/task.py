@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..fsutil import atomic_write
-from ..plan import load_plan
+from ..plan import load_plan_row
 from ..ranks import World, detect
 from ..telemetry import GpuMonitor, system_description
 from ..results import COMPLETE, rank_lock, shard_dir, write_marker
@@ -64,13 +64,10 @@ def run_task_marked(plan_path: str, row_index: int, results: str | None = None,
                     world: World | None = None) -> tuple[int, bool]:
     """run_task, and whether this rank wrote the shard's completion marker."""
     plan_file = Path(plan_path)
-    plan = load_plan(plan_file)
-    if not 0 <= row_index < len(plan):
-        raise IndexError(f"{plan_file}: row {row_index} out of range 0..{len(plan) - 1}")
-    row = plan.iloc[row_index].to_dict()
+    row = load_plan_row(plan_file, row_index)  # its row group only: every task and rank reads one
     world = world or detect()
     results_dir = Path(results) if results else results_dir_for(plan_file)
-    cell_examples = int(plan.loc[plan.cell == row["cell"], "stop"].max())
+    cell_examples = int(row["cell_examples"])
     world.configure_threads()
     device = world.device()
     out = shard_dir(results_dir, row["sweep"], row["cell"], int(row["shard"]))

@@ -48,7 +48,7 @@ class Purifier(nn.Module):
     """x in [0,1] → purified x in [0,1]; differentiable end to end.
 
     `noise` supplies every random draw (forward diffusion and ancestral steps), one
-    generator per example. `nfe` counts denoiser evaluations per example in the last call.
+    counter-based stream per example (harness.rng). `nfe` counts denoiser evaluations per example in the last call.
     """
 
     def __init__(self, config: PurifierConfig, eps_fn: EpsFn | None = None,
