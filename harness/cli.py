@@ -64,12 +64,29 @@ def cmd_plan(args: argparse.Namespace) -> int:
         f"profile {profile!r} sets no gpu_tflops" if profile else "no profile: pass --profile for GPU-hours")
     print(f"estimated cost ({rate}):")
     print(cost_table(plan, tflops))
+    measured = _calibrated_rates(args.profile or grid.profile, grid.path)
+    if measured:
+        device, rates = measured
+        print(f"estimated cost (denoiser evaluations/s measured on {device} by `harness calibrate`):")
+        print(cost_table(plan, rates=rates))
     print(f"assets: {root}: " + ("every asset the grid names is present" if not bad else
                                  f"{len(bad)} problem(s); `harness submit` and `harness run` will refuse:"))
     for line in bad:
         print(f"  {line}")
     print(f"plan: {path}")
     return 0
+
+
+def _calibrated_rates(profile: str | None, grid_path: Path) -> tuple[str, dict[str, float]] | None:
+    """The profile's calibration (`harness calibrate`), newest device first: (device, rates)."""
+    if not profile:
+        return None
+    from .launch.preflight import read_calibration
+    from .launch.profiles import resolve
+
+    doc = read_calibration(resolve(profile, grid_path)) or {}
+    devices = sorted((doc.get("devices") or {}).values(), key=lambda d: str(d.get("measured")), reverse=True)
+    return (str(devices[0]["device"]), dict(devices[0]["denoiser_evals_per_s"])) if devices else None
 
 
 def check_device(device: str) -> str:

@@ -30,12 +30,12 @@ if TYPE_CHECKING:  # pandas and pyarrow load on use: a task reading its row need
 COLUMNS = ("row", "sweep", "cell", "shard", "start", "stop", "cell_json", "label", "attack_label",
            "dataset", "classifier", "purifier", "attack", "seed", "batch_size",
            "nfe_per_example", "nfe_total", "gflop_total", "assets_dir", "asset_sha256", "param_columns",
-           "cell_examples")
+           "cell_examples", "denoiser")
 _INT_COLUMNS = ("row", "shard", "start", "stop", "seed", "batch_size", "nfe_per_example",
                 "nfe_total", "cell_examples")
 _FLOAT_COLUMNS = ("gflop_total",)
 #: What summary() and cost_table() read of a plan.
-SUMMARY_COLUMNS = ("cell", "purifier", "start", "stop", "nfe_total", "gflop_total")
+SUMMARY_COLUMNS = ("cell", "purifier", "start", "stop", "nfe_total", "gflop_total", "denoiser")
 #: Rows per Parquet row group: what a task decodes to read its row. Smaller groups make the
 #: footer (read whole by every task) larger; benchmarks/plan_scale.py measured the choice.
 ROW_GROUP_ROWS = 4096
@@ -112,7 +112,8 @@ def plan_schema() -> pa.Schema:
 
 #: Columns with a few distinct values (per sweep or per variant): built and written as
 #: dictionaries, so a million rows cost indices, not a million strings to hash and compress.
-_DICTIONARY_COLUMNS = ("sweep", "label", "attack_label", *KINDS, "assets_dir", "asset_sha256", "param_columns")
+_DICTIONARY_COLUMNS = ("sweep", "label", "attack_label", *KINDS, "assets_dir", "asset_sha256", "param_columns",
+                       "denoiser")
 
 
 def _batch_schema() -> pa.Schema:
@@ -189,6 +190,9 @@ def plan_batches(grid: Grid, assets: str | Path | None = None) -> Iterator[pa.Re
     per_value = {k: (k, *_coded(_per_value(grid, k, lambda v: v["name"], ""))) for k in KINDS}
     for column, kind in (("label", "purifier"), ("attack_label", "attack")):
         per_value[column] = (kind, *_coded(_per_value(grid, kind, lambda v: cell_label({kind: v}, kind), "")))
+    # the network a calibration's rate is measured for ("" for a purifier without one)
+    per_value["denoiser"] = ("purifier", *_coded(_per_value(
+        grid, "purifier", lambda v: str(v["params"].get("denoiser") or "") if nfe_per_purification(v) else "", "")))
     ip, ic, ia = (table.index[k] for k in ("purifier", "classifier", "attack"))
     nfe = np.array(_per_value(grid, "purifier", nfe_per_purification, 0), dtype=np.int64)[ip]
     eval_runs = table.settings["eval_runs"]
@@ -418,11 +422,16 @@ def summary(plan_df: pd.DataFrame) -> str:
             f"{len(plan_df)} shards; ~{human(nfe)} denoiser evaluations (estimate)")
 
 
-def cost_table(plan_df: pd.DataFrame, gpu_tflops: float | None = None) -> str:
+def cost_table(plan_df: pd.DataFrame, gpu_tflops: float | None = None,
+               rates: dict[str, float] | None = None) -> str:
     """Per purifier, and in all: denoiser evaluations, TFLOPs and, given a sustained TFLOP/s
-    rate per GPU (the profile's `gpu_tflops`), the estimated GPU-hours."""
+    rate per GPU (the profile's `gpu_tflops`), the estimated GPU-hours; and, given measured
+    denoiser evaluations per second per denoiser (`harness calibrate`), the GPU-hours those
+    rates give, with the rows no rate covers named."""
     if not len(plan_df):
         return ""
+    if rates and "denoiser" in plan_df.columns:
+        return _measured_cost(plan_df, rates)
     groups = plan_df.groupby("purifier", sort=False).agg(
         cells=("cell", "nunique"), nfe=("nfe_total", "sum"),
         gflop=("gflop_total", lambda v: v.sum(min_count=len(v))))
@@ -434,4 +443,24 @@ def cost_table(plan_df: pd.DataFrame, gpu_tflops: float | None = None) -> str:
         tflop = human(g["gflop"] / 1e3) if known else "?"
         hours = f"{g['gflop'] / 1e3 / gpu_tflops / 3600:,.1f}" if known and gpu_tflops else "?"
         lines.append(f"{str(name):<12} {int(g['cells']):>6} {human(g['nfe']):>15} {tflop:>10} {hours:>10}")
+    return "\n".join(lines)
+
+
+def _measured_cost(plan_df: pd.DataFrame, rates: dict[str, float]) -> str:
+    """GPU-hours per denoiser from measured rates (nfe_total / rate); a denoiser without one is
+    listed as not measured, and one without denoiser evaluations costs none."""
+    lines = [f"{'denoiser':<28} {'cells':>6} {'denoiser evals':>15} {'evals/s':>10} {'GPU-hours':>10}"]
+    total, missing = 0.0, []
+    for name, g in plan_df.groupby("denoiser", sort=True):
+        nfe = float(g["nfe_total"].sum())
+        rate = rates.get(str(name)) if name else None
+        if name and rate:
+            total += nfe / rate / 3600
+        elif name:
+            missing.append(str(name))
+        hours = f"{nfe / rate / 3600:,.2f}" if rate else ("0" if not name else "not measured")
+        lines.append(f"{str(name) or '(none)':<28} {g['cell'].nunique():>6} {human(nfe):>15} "
+                     f"{(f'{rate:,.0f}' if rate else '-'):>10} {hours:>10}")
+    lines.append(f"{'all':<28} {plan_df['cell'].nunique():>6} {human(float(plan_df['nfe_total'].sum())):>15} "
+                 f"{'':>10} {total:>10,.2f}" + (f" (+ {', '.join(missing)}: not measured)" if missing else ""))
     return "\n".join(lines)

@@ -67,7 +67,9 @@ def old_plan(g: Grid, cells: list[dict[str, Any]]) -> pd.DataFrame:
         fixed = {"sweep": g.sweep, "cell": cell_hash(cell), "cell_json": canonical_json(cell),
                  "label": cell_label(cell), "attack_label": cell_label(cell, "attack"),
                  **{k: cell[k]["name"] for k in KINDS}, "seed": cell["seed"], "batch_size": g.batch_size,
-                 "nfe_per_example": plan_mod.nfe_per_purification(cell["purifier"])}
+                 "nfe_per_example": plan_mod.nfe_per_purification(cell["purifier"]),
+                 "denoiser": str(cell["purifier"]["params"].get("denoiser") or "")
+                 if plan_mod.nfe_per_purification(cell["purifier"]) else ""}
         for k, (start, stop) in enumerate(shard_ranges(g.examples, g.shard_size)):
             rows.append({**fixed, "shard": k, "start": start, "stop": stop,
                          "nfe_total": plan_mod.nfe_row(cell, stop - start),

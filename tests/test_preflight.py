@@ -64,3 +64,26 @@ def test_calibrate_writes_rates_beside_the_profile(cluster: Cluster, tmp_path: P
     assert rates["denoiser_evals_per_s"]["digits-ddpm"] > 0
     assert rates["grad_evals_per_s"]["digits-ddpm | digits-cnn"] > 0
     assert "denoiser evaluations/s" in r.stdout
+
+
+def test_plan_uses_measured_rates_and_names_the_unmeasured(tmp_path: Path) -> None:
+    import pandas as pd
+
+    from harness.launch.preflight import write_calibration
+    from harness.plan import cost_table, load_plan
+
+    write(tmp_path / "g.yaml", GRID.format(sweep="rates", classifiers="digits-cnn"))
+    profile = _profile(tmp_path)
+    write_calibration(profile, {"device": "NVIDIA H200", "batch": 2, "measured": "2026-12-01T00:00:00+00:00",
+                                "torch": "x", "denoiser_evals_per_s": {"digits-ddpm": 1000.0},
+                                "grad_evals_per_s": {}})
+    r = harness("plan", "--grid", "g.yaml", "--profile", str(profile), cwd=tmp_path, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "measured on NVIDIA H200" in r.stdout
+    plan = load_plan(tmp_path / "jobs" / "rates" / "plan.parquet")
+    lorid = plan[plan["denoiser"] == "digits-ddpm"]
+    assert len(lorid) and (plan.loc[plan["purifier"] == "none", "denoiser"] == "").all()
+    hours = lorid["nfe_total"].sum() / 1000.0 / 3600
+    assert f"{hours:,.2f}" in r.stdout
+    other = pd.concat([plan, lorid.assign(denoiser="ddpm-cifar10-32")])
+    assert "ddpm-cifar10-32: not measured" in cost_table(other, rates={"digits-ddpm": 1000.0})
