@@ -178,7 +178,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
 def cmd_calibrate(args: argparse.Namespace) -> int:
     from .catalog import assets_dir
     from .grid import load_grid
-    from .launch.preflight import calibrate
+    from .launch.slurm import calibrate
     from .launch.profiles import load_profile, resolve
 
     grid = load_grid(args.grid)

@@ -184,8 +184,6 @@ def submit(grid_path: str | Path, profile: str | None = None, jobs: str | Path =
     plan = plan_frame(table)
     sel = select_rows(plan.to_dict("records"), results_root, submissions, resume, states)
     if preflight and not dry_run and sel.todo:
-        from .preflight import preflight as run_preflight
-
         run_preflight(grid, prof, jobs_sweep / "slurm", results_root, root, out)
     if not dry_run:
         if sel.active and plan_path.is_file() and not load_plan(plan_path).equals(plan):
@@ -291,3 +289,60 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+# ---------------------------------------------------------------- one job on one node (preflight, calibrate)
+
+def run_on_node(profile: Any, folder: Path, results: Path, name: str, fn: Any, *args: Any,
+                timeout_min: int = 30) -> Any:
+    """``fn(*args)`` as one plain job of one task on one node of ``profile`` (its partition,
+    setup and GPUs), waited for; its value, or UsageError with the job's log tail."""
+    from ..errors import UsageError
+    ex = make_executor(folder, profile, name, results)
+    gpus = 1 if profile.gpus_per_node else None
+    ex.update_parameters(ntasks_per_node=1, time=min(profile.time_min, timeout_min),
+                         **({"gpus_per_node": gpus} if gpus else {}))
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        job = ex.submit(fn, *args)
+    except FileNotFoundError as exc:
+        raise UsageError(f"cannot submit: {exc.filename or 'sbatch'} not found; is this a Slurm login node?") from None
+    try:
+        return job.result()
+    except Exception as exc:  # noqa: BLE001 (submitit raises FailedJobError with the log)
+        raise UsageError(f"{name}: job {job.job_id} failed: {str(exc)[-2000:]}") from None
+
+
+def run_preflight(grid: Any, profile: Any, folder: Path, results: Path, root: Path,
+              out: Any = print) -> None:
+    """Every distinct combination of ``grid`` once on a tiny batch, in one job on one node of
+    ``profile``; UsageError (nothing submitted) naming each failure."""
+    from ..catalog import pins
+    from .preflight import check_combinations, combinations
+
+    combos = combinations(grid.cells)
+    out(f"preflight: {len(combos)} distinct (data set, classifier, purifier, attack) combination(s) "
+        f"on one node of {profile.name}")
+    problems = run_on_node(profile, folder, results, f"harness-preflight-{grid.sweep}", check_combinations,
+                           combos, str(root), pins(combos, root))
+    if problems:
+        raise UsageError(f"preflight: {len(problems)} of {len(combos)} combination(s) failed on "
+                         f"{profile.name}; nothing submitted:\n  " + "\n  ".join(problems))
+    out(f"preflight: all {len(combos)} combination(s) ran")
+
+
+def calibrate(grid: Any, profile: Any, folder: Path, root: Path, out: Any = print) -> Path:
+    """measure_rates on one node of ``profile`` for ``grid``'s networks; written beside the profile."""
+    from ..catalog import pins
+    from .preflight import combinations, measure_rates, write_calibration
+
+    combos = combinations(grid.cells)
+    rates = run_on_node(profile, folder, folder, f"harness-calibrate-{grid.sweep}", measure_rates,
+                        combos, str(root), pins(combos, root), grid.batch_size)
+    path = write_calibration(profile.path, rates)
+    out(f"calibration on {rates['device']} (batch {rates['batch']}): written to {path}")
+    for name, v in rates["denoiser_evals_per_s"].items():
+        out(f"  {name}: {v:,.1f} denoiser evaluations/s")
+    for name, v in rates["grad_evals_per_s"].items():
+        out(f"  {name}: {v:,.1f} denoiser evaluations/s with exact gradients")
+    return path
