@@ -282,8 +282,10 @@ def load_plan_row(path: str | Path, index: int) -> dict[str, Any]:
     path = _plan_file(path)
     # Repeated strings stay dictionaries until the one row is taken: 4096 copies of the sweep's
     # parameter columns are not made to read one.
-    plan = pq.ParquetFile(path, read_dictionary=list(_DICTIONARY_COLUMNS))
-    meta = plan.metadata
+    # (Only the columns the file has: older plans lack some, e.g. param_columns or denoiser.)
+    meta = pq.read_metadata(path)
+    names = set(meta.schema.names)
+    plan = pq.ParquetFile(path, metadata=meta, read_dictionary=[c for c in _DICTIONARY_COLUMNS if c in names])
     if not 0 <= index < meta.num_rows:
         raise IndexError(f"{path}: row {index} out of range 0..{meta.num_rows - 1}")
     first = 0
