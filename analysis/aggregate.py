@@ -34,6 +34,7 @@ from harness.results import NONFINITE_PRED
 
 from .engine import (FILE_CONSTANT, ROW_TYPES, Rows, connect, from_frame, lit, normalised_select, q,
                      sql_type)
+from .parallel import forked_map
 from .stats import interval_from_clusters
 
 #: One summary row (and, minus classifier/label, one table) per combination of these.
@@ -169,24 +170,15 @@ _FOOTER_PROCESSES_FROM = 1000
 
 def _footers(files: list[Path]) -> list[tuple[tuple[tuple[str, str], ...] | None, Any]]:
     """:func:`_footer` of every file, in order. Parsing a footer into Python objects holds the
-    GIL, so thousands of them are read by forked worker processes: 7,140 footers took 2.6 s on
-    2 cores against 5.8-6.6 s in 4 threads. Forked, not spawned: a spawned child re-runs the
-    caller's main script (a user's analysis script without a __main__ guard would recurse).
-    The children only parse footers with pyarrow (fork-safe: glibc malloc and Arrow's pools
-    are reset after fork). Fewer files, or no process pool to be had, are read in threads."""
+    GIL, so thousands of them are read by forked worker processes (analysis.parallel): 7,140
+    footers took 2.6 s on 2 cores against 5.8-6.6 s in 4 threads. Fewer files, or no process
+    pool to be had, are read in threads."""
     cores = os.cpu_count() or 1
     if len(files) >= _FOOTER_PROCESSES_FROM and cores > 1:
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
-        from concurrent.futures.process import BrokenProcessPool
-
-        try:
-            ctx = multiprocessing.get_context("fork")
-            chunks = [files[i:i + 256] for i in range(0, len(files), 256)]
-            with ProcessPoolExecutor(min(cores, 8), mp_context=ctx) as pool:
-                return [h for part in pool.map(_footer_chunk, chunks) for h in part]
-        except (OSError, BrokenProcessPool, ValueError):
-            pass  # no processes to be had here (a sandbox, no /dev/shm): threads still work
+        chunks = [files[i:i + 256] for i in range(0, len(files), 256)]
+        done = forked_map(_footer_chunk, chunks, min(cores, 8))
+        if done is not None:
+            return [h for part in done for h in part]
     from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(max_workers=4) as pool:  # past 4, threads contend for the GIL (measured)

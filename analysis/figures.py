@@ -32,6 +32,7 @@ out (``FigurePlan.note`` is one sentence for the report). Lines per figure are c
 """
 from __future__ import annotations
 
+import functools
 import io
 import math
 import os
@@ -50,6 +51,7 @@ from matplotlib.figure import Figure as MplFigure
 
 from harness.fsutil import atomic_write
 
+from .parallel import forked_map
 from .tables import format_eps
 
 FORMATS: tuple[str, ...] = ("png", "svg")
@@ -634,22 +636,14 @@ def make_figures(summary: pd.DataFrame, fmt: str = "png", *, limit: int = MAX_FI
     workers = min(os.cpu_count() or 1, 8, len(specs) // _PER_WORKER)
     if workers >= 2:
         # Matplotlib draws under the GIL (~0.2 s a figure): a big sweep's figures are drawn by
-        # forked workers (no start-up import; a spawned child would re-run the caller's main
-        # script). The bytes do not depend on which process drew a figure.
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
-        from concurrent.futures.process import BrokenProcessPool
-
-        try:
-            with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
-                parts = [specs[i::workers] for i in range(workers)]
-                drawn = list(pool.map(_render_all, parts, [fmt] * workers))
+        # forked workers (analysis.parallel). The bytes do not depend on which process drew one.
+        drawn = forked_map(functools.partial(_render_all, fmt=fmt), [specs[i::workers] for i in range(workers)],
+                           workers)
+        if drawn is not None:
             out: list[Figure | None] = [None] * len(specs)
             for i, part in enumerate(drawn):
                 out[i::workers] = part
             return [f for f in out if f is not None]
-        except (OSError, BrokenProcessPool):
-            pass  # no processes to be had here: draw them in this one
     return _render_all(specs, fmt)
 
 

@@ -11,6 +11,13 @@ from pathlib import Path
 from typing import Iterator
 
 
+def temporary_name(path: str | os.PathLike[str]) -> Path:
+    """The dot-prefixed, .tmp-suffixed name beside ``path`` that a writer fills before renaming
+    it into place (unique per process and call; remove_temporaries knows the pattern)."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
+
+
 def atomic_write(path: str | os.PathLike[str], data: bytes | str) -> Path:
     """Write through a dot-prefixed temporary name in the same directory, fsync, rename.
 
@@ -19,7 +26,7 @@ def atomic_write(path: str | os.PathLike[str], data: bytes | str) -> Path:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
+    tmp = temporary_name(path)
     raw = data.encode("utf-8") if isinstance(data, str) else data
     try:
         with open(tmp, "wb") as f:

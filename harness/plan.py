@@ -373,9 +373,8 @@ def write_plan(grid: Grid, jobs_dir: str | Path = "jobs", overwrite: bool = Fals
     refused unless overwrite=True.
     """
     import filecmp
-    import uuid
 
-    from .fsutil import file_lock, remove_temporaries
+    from .fsutil import file_lock, remove_temporaries, temporary_name
 
     out = Path(jobs_dir) / grid.sweep
     plan_path, grid_path = out / "plan.parquet", out / "grid.yaml"
@@ -385,8 +384,7 @@ def write_plan(grid: Grid, jobs_dir: str | Path = "jobs", overwrite: bool = Fals
     with file_lock(out.parent / f".{grid.sweep}.plan.lock") as state:
         if state == "held":
             remove_temporaries(out, plan_path.name, grid_path.name)
-        # atomic_write's temporary name (remove_temporaries knows it), written in row groups
-        tmp = out / f".{plan_path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"
+        tmp = temporary_name(plan_path)  # as atomic_write's, but written in row groups
         try:
             batches = plan.to_batches(ROW_GROUP_ROWS) if plan is not None else plan_batches(grid, assets)
             _write_parquet(batches, tmp)

@@ -68,7 +68,7 @@ class Network(nn.Module):
                    else nullcontext())
         with context:
             out = self._call(x, *args)
-        return out.float() if out.dtype != torch.float32 else out
+        return out.float()  # (the same tensor when it is fp32 already)
 
     def _call(self, *args: Any) -> torch.Tensor:
         if self._compiled is not None:

@@ -32,7 +32,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .errors import UsageError
-from .fsutil import atomic_write, file_lock, lock_holder
+from .fsutil import atomic_write, file_lock, lock_holder, temporary_name
 
 #: clean_pred / adv_pred of an example whose logits held a NaN or an infinity: never a class.
 NONFINITE_PRED = -1
@@ -506,7 +506,7 @@ def write_marker(directory: Path, start: int, stop: int, info: dict[str, Any],
         parts = [{"name": c.path.name, "rows": c.rows, "size": c.size}
                  for c in sorted(scan.good, key=lambda c: c.path.name) if c.examples & set(range(start, stop))]
         doc = {**info, "examples": stop - start, "rows": sum(p["rows"] for p in parts), "parts": parts}
-        tmp = directory / f".{COMPLETE}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"
+        tmp = temporary_name(directory / COMPLETE)
         try:
             with open(tmp, "w") as f:
                 f.write(json.dumps(doc, sort_keys=True) + "\n")

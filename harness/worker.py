@@ -177,7 +177,7 @@ def _run_locked(plan_row: dict[str, Any], results_dir: Path, out_dir: Path, asse
     # Out of device memory: first keep no activations for the backward pass (checkpointing),
     # then halve the batch and retry (nothing of a failed batch was written; rows do not
     # depend on the batch size). What fits is kept for the rest of this process's rows.
-    fit_key = f"fit:{assets.device}:{_memory_key(cell)}"
+    fit_key = f"fit:{assets.device}:{combination_key(cell)}"
     bs, checkpoint = assets.cache.get(fit_key, (int(plan_row["batch_size"]), str(assets.device).startswith("cpu")))
     model.purifier.checkpoint = checkpoint
     while i < len(todo):
@@ -210,6 +210,12 @@ def _run_locked(plan_row: dict[str, Any], results_dir: Path, out_dir: Path, asse
     return written
 
 
-def _memory_key(cell: dict[str, Any]) -> str:
-    """What decides a batch's memory: the networks, the purifier and the attack (not the seed)."""
-    return json.dumps([cell[k] for k in ("dataset", "classifier", "purifier", "attack")], sort_keys=True)
+#: What a cell's memory, cost and ability to run do not depend on: its seeds and sizes.
+_NOT_COMBINATION = ("seed", "data_seed", "eval_runs", "examples")
+
+
+def combination_key(cell: dict[str, Any]) -> str:
+    """The cell as a (data set, classifier, purifier, attack, precision) combination: what
+    decides whether a batch fits (the worker's memory fallback) and whether it runs at all
+    (the preflight), seeds aside."""
+    return json.dumps({k: v for k, v in cell.items() if k not in _NOT_COMBINATION}, sort_keys=True)

@@ -21,16 +21,14 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-#: The seeds and sizes a combination's identity does not depend on.
-_NOT_COMBINATION = ("seed", "data_seed", "eval_runs", "examples")
-
-
 def combinations(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One cell per distinct (dataset, classifier, purifier, attack), in grid order."""
+    """One cell per distinct (dataset, classifier, purifier, attack), in grid order
+    (harness.worker.combination_key)."""
+    from ..worker import combination_key
+
     seen: dict[str, dict[str, Any]] = {}
     for cell in cells:
-        key = json.dumps({k: v for k, v in cell.items() if k not in _NOT_COMBINATION}, sort_keys=True)
-        seen.setdefault(key, cell)
+        seen.setdefault(combination_key(cell), cell)
     return list(seen.values())
 
 
@@ -58,6 +56,7 @@ def check_combinations(cells: list[dict[str, Any]], assets_dir: str, pinned: dic
 
     from ..data.base import selection
     from ..evaluate import Batch, evaluate_batch
+    from ..precision import to_device
     from ..ranks import detect
     from ..registry import get
     from ..worker import Assets
@@ -70,7 +69,7 @@ def check_combinations(cells: list[dict[str, Any]], assets_dir: str, pinned: dic
             data = assets.dataset(cell["dataset"])
             idx = selection(len(data), cell["data_seed"])[:examples]
             x, y = data.take(np.asarray(idx))
-            batch = Batch(list(range(len(idx))), idx.tolist(), x.to(assets.device), y.to(assets.device))
+            batch = Batch(list(range(len(idx))), idx.tolist(), to_device(x, assets.device), to_device(y, assets.device))
             model = assets.defended(cell)
             attack = cell["attack"]
             rows = evaluate_batch(model, batch, cell="preflight", attack_fn=get("attack", attack["name"]).load(),
@@ -87,7 +86,8 @@ def check_combinations(cells: list[dict[str, Any]], assets_dir: str, pinned: dic
 def measure_rates(cells: list[dict[str, Any]], assets_dir: str, pinned: dict[str, Any], batch: int,
                   repeat: int = 3) -> dict[str, Any]:
     """Denoiser evaluations/s per denoiser and exact-gradient steps/s per (denoiser,
-    classifier), on this node's device at each cell's precision; with the device's name."""
+    classifier) of ``cells`` (the grid's combinations), on this node's device at each cell's
+    precision; with the device's name."""
     import torch
 
     from ..ranks import detect
@@ -99,7 +99,7 @@ def measure_rates(cells: list[dict[str, Any]], assets_dir: str, pinned: dict[str
     assets = Assets(device=device, root=Path(assets_dir), pinned=pinned)
     denoisers: dict[str, float] = {}
     steps: dict[str, float] = {}
-    for cell in combinations(cells):
+    for cell in cells:
         value = cell["purifier"]["params"].get("denoiser")
         if not value:
             continue

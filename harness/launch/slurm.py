@@ -219,7 +219,7 @@ def submit(grid_path: str | Path, profile: str | None = None, jobs: str | Path =
         try:
             jobs_ = ex.map_array(ArrayTask(), [str(plan_path)] * len(rows), rows)
         except FileNotFoundError as exc:
-            raise UsageError(f"cannot submit: {exc.filename or 'sbatch'} not found; is this a Slurm login node?") from None
+            raise _no_sbatch(exc) from None
         job_id = jobs_[0].job_id.split("_")[0]
         record = {"time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                   "job_id": job_id, "array": len(rows) > 1, "rows": rows,
@@ -270,34 +270,16 @@ def plan_once(grid_path: str | Path, jobs: str | Path = "jobs") -> Path:
         write_report_spec(results_dir_for(path), grid.sweep, grid.report)  # the tasks' default
         return path
 
-
-def main(argv: list[str] | None = None) -> int:
-    import argparse
-
-    ap = argparse.ArgumentParser(prog="python -m harness.launch.slurm",
-                                 description="print the plan path of a grid, planning it once (for slurm/sweep.sh)")
-    ap.add_argument("--plan-once", required=True, metavar="GRID")
-    ap.add_argument("--jobs", default="jobs")
-    args = ap.parse_args(argv)
-    try:
-        print(plan_once(args.plan_once, args.jobs))
-    except UsageError as exc:
-        print(f"harness: error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
-
-
 # ---------------------------------------------------------------- one job on one node (preflight, calibrate)
+
+def _no_sbatch(exc: FileNotFoundError) -> UsageError:
+    return UsageError(f"cannot submit: {exc.filename or 'sbatch'} not found; is this a Slurm login node?")
+
 
 def run_on_node(profile: Any, folder: Path, results: Path, name: str, fn: Any, *args: Any,
                 timeout_min: int = 30) -> Any:
     """``fn(*args)`` as one plain job of one task on one node of ``profile`` (its partition,
     setup and GPUs), waited for; its value, or UsageError with the job's log tail."""
-    from ..errors import UsageError
     ex = make_executor(folder, profile, name, results)
     gpus = 1 if profile.gpus_per_node else None
     ex.update_parameters(ntasks_per_node=1, time=min(profile.time_min, timeout_min),
@@ -306,7 +288,7 @@ def run_on_node(profile: Any, folder: Path, results: Path, name: str, fn: Any, *
     try:
         job = ex.submit(fn, *args)
     except FileNotFoundError as exc:
-        raise UsageError(f"cannot submit: {exc.filename or 'sbatch'} not found; is this a Slurm login node?") from None
+        raise _no_sbatch(exc) from None
     try:
         return job.result()
     except Exception as exc:  # noqa: BLE001 (submitit raises FailedJobError with the log)
@@ -314,7 +296,7 @@ def run_on_node(profile: Any, folder: Path, results: Path, name: str, fn: Any, *
 
 
 def run_preflight(grid: Any, profile: Any, folder: Path, results: Path, root: Path,
-              out: Any = print) -> None:
+                  out: Any = print) -> None:
     """Every distinct combination of ``grid`` once on a tiny batch, in one job on one node of
     ``profile``; UsageError (nothing submitted) naming each failure."""
     from ..catalog import pins
@@ -346,3 +328,23 @@ def calibrate(grid: Any, profile: Any, folder: Path, root: Path, out: Any = prin
     for name, v in rates["grad_evals_per_s"].items():
         out(f"  {name}: {v:,.1f} denoiser evaluations/s with exact gradients")
     return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m harness.launch.slurm",
+                                 description="print the plan path of a grid, planning it once (for slurm/sweep.sh)")
+    ap.add_argument("--plan-once", required=True, metavar="GRID")
+    ap.add_argument("--jobs", default="jobs")
+    args = ap.parse_args(argv)
+    try:
+        print(plan_once(args.plan_once, args.jobs))
+    except UsageError as exc:
+        print(f"harness: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
