@@ -99,7 +99,7 @@ def open_results(path: str | os.PathLike[str], with_params: bool = False) -> Row
     :func:`harness.results.read_part` gives), a completion marker lists a missing part, a
     (cell, example, eval_run) key appears more than once, or a cell's planned values disagree.
     """
-    from harness.results import SCHEMA
+    from harness.results import REQUIRED_COLUMNS as WRITER_COLUMNS
 
     files = find_part_files(path)
     if not files:
@@ -111,7 +111,7 @@ def open_results(path: str | os.PathLike[str], with_params: bool = False) -> Row
     # Files by (schema, constants proven): each group is one plain scan. A file whose footer
     # proves its FILE_CONSTANT columns is copied narrow (its constants stored once, in `files`).
     groups: dict[tuple, list[tuple[Path, Any]]] = {}
-    writer = set(SCHEMA.names)
+    writer = set(WRITER_COLUMNS)
     for f, (key, head) in zip(files, _footers(files)):
         if key is None:
             bad.append(f"{f}: {head.reason}")

@@ -35,6 +35,7 @@ ROW_TYPES: dict[str, str] = {
     "grad_evals": "BIGINT", "grad_nonfinite": "BIGINT", "seed": "BIGINT", "data_seed": "BIGINT",
     "purifier": "VARCHAR", "attack": "VARCHAR", "harness_version": "VARCHAR", "git_rev": "VARCHAR",
     "torch_version": "VARCHAR", "host": "VARCHAR", "device": "VARCHAR", "precision": "VARCHAR",
+    "grad_checkpoint": "BOOLEAN",
     "nonfinite_row": "BOOLEAN",  # carried by worst-of rows (analysis.aggregate)
     "cell_json": "VARCHAR", "assets": "VARCHAR",  # on every row in files before _cell.json
     "source_file": "VARCHAR",

@@ -352,7 +352,7 @@ def _write_shard(row: dict[str, Any], cell: dict[str, Any], results: Path, schem
                 "label": row["label"], "attack_label": row["attack_label"],
                 **{k: cell[k]["name"] for k in ("dataset", "classifier", "purifier", "attack")},
                 "threat": str(norm), "eps": float(eps), "seed": cell["seed"], "data_seed": cell["data_seed"],
-                "cell_examples": cell_examples, "eval_runs": runs, "device": "cuda:0", "precision": "bf16", **prov, "host": host,
+                "cell_examples": cell_examples, "eval_runs": runs, "device": "cuda:0", "precision": "bf16", "grad_checkpoint": False, **prov, "host": host,
                 "grad_nonfinite": 0, "nfe": nfe, **param_values(cell, fields)}
     bs = int(row["batch_size"])
     # the columns constant over the shard, built once at a full part's length and sliced

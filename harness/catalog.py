@@ -279,7 +279,9 @@ def needs(cells: list[dict[str, Any]]) -> list[Need]:
     seen: dict[tuple[str, str], Need] = {}
     for cell in cells:
         for plugin_kind in ("dataset", "classifier", "purifier"):
-            entry = cell[plugin_kind]
+            entry = cell.get(plugin_kind)
+            if entry is None:  # a purify job has no data set plugin, maybe no classifier
+                continue
             spec = registry.get(plugin_kind, entry["name"])
             for pname, param in spec.params.items():
                 value = entry["params"].get(pname)

@@ -10,22 +10,27 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from .errors import GridError, UsageError
+from .errors import GridError, ItemError, UsageError
 
 
 class Progress:
     """A one-line bar on a terminal, plain log lines otherwise (batch logs, Slurm output)."""
 
-    def __init__(self, total: int, label: str, stream=sys.stderr):
+    def __init__(self, total: int, label: str, stream=sys.stderr, quiet: bool = False):
         self.total, self.label, self.stream = max(total, 1), label, stream
         self.done, self.t0, self.tty = 0, time.monotonic(), stream.isatty()
+        self.quiet = quiet and not self.tty  # e.g. under Slurm: the log keeps no progress lines
 
     def advance(self, n: int, note: str = "") -> None:
         self.done += n
         elapsed = time.monotonic() - self.t0
         frac = self.done / self.total
         eta = elapsed / frac - elapsed if frac > 0 else 0.0
-        text = f"{self.label} {self.done}/{self.total} ({frac:.0%}) {elapsed:.0f}s elapsed, ~{eta:.0f}s left {note}"
+        rate = f"{self.done / elapsed:,.1f}/s, " if elapsed > 0 else ""
+        text = (f"{self.label} {self.done}/{self.total} ({frac:.0%}) {rate}{elapsed:.0f}s elapsed, "
+                f"~{eta:.0f}s left {note}")
+        if self.quiet:
+            return
         if self.tty:
             bar = "#" * int(30 * frac)
             self.stream.write(f"\r[{bar:<30}] {text[:100]:<100}")
@@ -36,36 +41,39 @@ class Progress:
         self.stream.flush()
 
 
-def _profile_tflops(name: str | None, grid_path: Path) -> tuple[str | None, float | None]:
-    """(profile name, gpu_tflops) for the cost estimate; (None, None) without a profile."""
+def _profile(name: str | None, grid_path: Path) -> Any:
+    """The profile a plan is sized and costed for (None without one)."""
     if not name:
-        return None, None
+        return None
     from .launch.profiles import load_profile, resolve
 
-    prof = load_profile(resolve(name, grid_path))
-    return prof.name, prof.gpu_tflops
+    return load_profile(resolve(name, grid_path))
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
     from .catalog import assets_dir, needs, problems, refusal
     from .grid import load_grid
+    from .launch.sizing import calibrated_rates, sizing_for
     from .plan import SUMMARY_COLUMNS, cost_table, load_plan, summary, write_plan
 
     grid = load_grid(args.grid)
-    profile, tflops = _profile_tflops(args.profile or grid.profile, grid.path)
+    prof = _profile(args.profile or grid.profile, grid.path)
     root = assets_dir(args.assets, grid.assets)
     bad = problems(needs(grid.representative_cells), root)
     if bad and args.check_assets:
         raise refusal(bad, root)
-    path = write_plan(grid, args.jobs, overwrite=args.overwrite, assets=args.assets)
+    sizing, sized = sizing_for(prof, args.jobs, grid.sweep)
+    path = write_plan(grid, args.jobs, overwrite=args.overwrite, assets=args.assets, sizing=sizing)
     plan = load_plan(path, SUMMARY_COLUMNS)  # read back, not built again: the costs' columns only
     print(summary(plan))
-    rate = f"{tflops:g} TFLOP/s per GPU assumed by profile {profile!r}" if tflops else (
-        f"profile {profile!r} sets no gpu_tflops" if profile else "no profile: pass --profile for GPU-hours")
+    print(sized)
+    tflops = prof.gpu_tflops if prof else None
+    rate = f"{tflops:g} TFLOP/s per GPU assumed by profile {prof.name!r}" if tflops else (
+        f"profile {prof.name!r} sets no gpu_tflops" if prof else "no profile: pass --profile for GPU-hours")
     print(f"estimated cost ({rate}):")
     print(cost_table(plan, tflops))
-    measured = _calibrated_rates(args.profile or grid.profile, grid.path)
-    if measured:
+    measured = calibrated_rates(prof.path) if prof else None
+    if measured and measured[1]:
         device, rates = measured
         print(f"estimated cost (denoiser evaluations/s measured on {device} by `harness calibrate`):")
         print(cost_table(plan, rates=rates))
@@ -75,18 +83,6 @@ def cmd_plan(args: argparse.Namespace) -> int:
         print(f"  {line}")
     print(f"plan: {path}")
     return 0
-
-
-def _calibrated_rates(profile: str | None, grid_path: Path) -> tuple[str, dict[str, float]] | None:
-    """The profile's calibration (`harness calibrate`), newest device first: (device, rates)."""
-    if not profile:
-        return None
-    from .launch.preflight import read_calibration
-    from .launch.profiles import resolve
-
-    doc = read_calibration(resolve(profile, grid_path)) or {}
-    devices = sorted((doc.get("devices") or {}).values(), key=lambda d: str(d.get("measured")), reverse=True)
-    return (str(devices[0]["device"]), dict(devices[0]["denoiser_evals_per_s"])) if devices else None
 
 
 def check_device(device: str) -> str:
@@ -121,9 +117,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .results import shard_dir, write_report_spec
     from .worker import Assets, pending, run_row
 
+    from .launch.sizing import sizing_for
+
     grid = load_grid(args.grid)
     require_grid(grid, args.assets)
-    path = write_plan(grid, args.jobs, overwrite=args.overwrite, assets=args.assets)
+    # sized as `harness submit` sizes it, so that both write the same plan
+    sizing, _ = sizing_for(_profile(grid.profile, grid.path), args.jobs, grid.sweep)
+    path = write_plan(grid, args.jobs, overwrite=args.overwrite, assets=args.assets, sizing=sizing)
     plan = load_plan(path)  # what was written (and what a task would read), not a second build
     print(summary(plan))
     print(f"plan: {path}")
@@ -153,6 +153,18 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from .purify_job import purify_report, purify_state
+
+    state = purify_state(args.results)
+    if state is not None:  # a purify job: the manifests' summary
+        from .fsutil import atomic_write
+
+        text = purify_report(state)
+        print(text, end="")
+        out = Path(args.out) if args.out else state
+        atomic_write(out / "report.md", text)
+        print(f"written: {out / 'report.md'}")
+        return 0
     from analysis.report import ReportOptions, build_report, default_out_dir
 
     split = lambda values: [v for text in values or [] for v in text.split(",") if v]  # noqa: E731
@@ -223,8 +235,91 @@ def cmd_stage(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     from .launch.status import format_status, sweep_status
+    from .purify_job import purify_state, purify_status
 
+    state = purify_state(args.target)
+    if state is not None:
+        from .launch.purify_array import scheduler_summary
+
+        print(purify_status(state))
+        print(scheduler_summary(state))
+        return 0
     print(format_status(sweep_status(args.target, jobs=args.jobs)))
+    return 0
+
+
+def cmd_purify(args: argparse.Namespace) -> int:
+    import json
+    import os
+
+    from .purify_job import finish_shard, load_job_file, make_job, plan_job, purify_report, run_shard, Purifier
+
+    fields = load_job_file(args.job) if args.job else {}
+    where = args.job or "command line"
+    for key, value in (("input", args.input), ("output", args.output), ("layout", args.layout),
+                       ("seed", args.seed), ("shard_items", args.shard_items), ("batch_size", args.batch_size),
+                       ("on_error", args.on_error), ("precision", args.precision), ("assets", args.assets)):
+        if value is not None:
+            fields[key] = value
+    for key, name, params in (("purifier", args.purifier, args.params),
+                              ("classifier", args.classifier, args.classifier_params)):
+        if name is not None or params is not None:
+            entry = fields.get(key) if isinstance(fields.get(key), dict) else (
+                {"name": fields[key]} if isinstance(fields.get(key), str) else {})
+            if name is not None:
+                entry["name"] = name
+            if params is not None:
+                try:
+                    entry["params"] = json.loads(params)
+                except ValueError as exc:
+                    raise GridError(where, f"{key}.params", f"not JSON ({exc}); e.g. '{{\"t_s\": 0.1}}'") from None
+            fields[key] = entry
+    job = make_job(fields, where)
+    plan = plan_job(job, write=not args.dry_run)
+    from .launch.sizing import calibrated_rates
+
+    prof = _profile(args.profile, Path(where)) if args.profile else None
+    measured = calibrated_rates(prof.path) if prof else None
+    from .purify_job import cost_line
+
+    print(f"purify {job.input} ({job.layout}) -> {job.output}")
+    print(cost_line(plan, measured[1] if measured else None, prof.gpu_tflops if prof else None))
+    print(f"plan: {job.state / 'plan.json'}")
+    if args.dry_run:
+        return 0
+    if prof is not None:
+        from .launch.purify_array import submit_purify
+
+        submit_purify(plan, prof, resume=args.resume)
+        return 0
+    check_device(args.device)
+    from .ranks import configure_threads
+
+    configure_threads()
+    progress = Progress(plan["items"], "items", quiet="SLURM_JOB_ID" in os.environ)
+    net: list[Purifier] = []
+
+    def load() -> Purifier:
+        if not net:
+            net.append(Purifier.load(plan, args.device))
+        return net[0]
+
+    from .purify_job import shard_done
+
+    for i, shard in enumerate(plan["shards"]):
+        if shard_done(plan, i):
+            progress.advance(shard["stop"] - shard["start"], "(done before)")
+            continue
+        run_shard(plan, i, load, on_items=progress.advance)
+        finish_shard(plan, i)
+    busy = [s["name"] for i, s in enumerate(plan["shards"]) if not shard_done(plan, i)]
+    if busy:  # another process holds them: this run's output is not the whole data set yet
+        print(f"harness: {len(busy)} shard(s) ({', '.join(busy[:5])}{', ...' if len(busy) > 5 else ''}) are being "
+              f"purified by another process; see `harness status {job.output}`, or run again when it ends",
+              file=sys.stderr)
+        return 1
+    print(f"output: {job.output}")
+    print(purify_report(job.state), end="")
     return 0
 
 
@@ -299,6 +394,30 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--grid", default=None, help="check the assets this grid names; exit 2 if any is missing")
     sp.add_argument("--list", action="store_true", help="list the catalogue: names, layout, where published")
 
+    sp = add("purify", cmd_purify, "purify a whole data set (image folder, WebDataset, Parquet) into the same "
+             "layout, locally or as a Slurm array; resumable, with per-shard manifests")
+    sp.add_argument("--job", default=None, help="job YAML file with the fields below (flags override it)")
+    sp.add_argument("--input", default=None, help="the data set: an image folder, .tar shards or .parquet files")
+    sp.add_argument("--output", default=None, help="where the purified data set goes (provenance: <output>.purify/)")
+    sp.add_argument("--layout", default=None, help="folder | webdataset | parquet (default: detected)")
+    sp.add_argument("--purifier", default=None, help="purifier plugin, e.g. lorid")
+    sp.add_argument("--params", default=None, help="the purifier's parameters as JSON")
+    sp.add_argument("--classifier", default=None, help="optional: record its prediction before and after")
+    sp.add_argument("--classifier-params", default=None, help="the classifier's parameters as JSON")
+    sp.add_argument("--seed", type=int, default=None, help="noise seed (per item: this and the item's key)")
+    sp.add_argument("--shard-items", type=int, default=None, help="items per shard of an image folder (default 256)")
+    sp.add_argument("--batch-size", type=int, default=None, help="items per batch (default 64)")
+    sp.add_argument("--on-error", default=None, choices=("skip", "stop"),
+                    help="an unreadable input image: skip it (named, recorded) or stop (default: skip)")
+    sp.add_argument("--precision", default=None, help="auto | fp32 | bf16")
+    sp.add_argument("--assets", default=None, help=ASSETS_HELP)
+    mode = sp.add_mutually_exclusive_group()
+    mode.add_argument("--profile", default=None, help="submit the shards as a Slurm array with this profile")
+    mode.add_argument("--local", action="store_true", help="run every shard in this process (the default)")
+    sp.add_argument("--device", default="cpu", help="torch device for --local, e.g. cpu or cuda:0")
+    sp.add_argument("--resume", action="store_true", help="with --profile: submit only shards neither done nor active")
+    sp.add_argument("--dry-run", action="store_true", help="plan and print the cost; purify nothing")
+
     sp = add("status", cmd_status, "per cell: examples done / running / queued / failed / missing")
     sp.add_argument("target", help="jobs/<sweep> or results/<sweep>")
     sp.add_argument("--jobs", default=None, help="jobs directory, when the target is results/<sweep> elsewhere")
@@ -339,6 +458,9 @@ def main(argv: list[str] | None = None) -> int:
             text = text[:MAX_MESSAGE] + f" [... {len(text) - MAX_MESSAGE} more characters]"
         print(f"harness: error: {text}", file=sys.stderr)
         return exc.exit_code
+    except ItemError as exc:  # an input item that does not decode, with on_error: stop
+        print(f"harness: error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("harness: interrupted; finished batches are kept, run again to resume", file=sys.stderr)
         return 130

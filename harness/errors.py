@@ -18,3 +18,8 @@ class GridError(UsageError):
 
 class AssetError(UsageError):
     """A missing or corrupt asset (checkpoint, data set)."""
+
+
+class ItemError(RuntimeError):
+    """An input item of a data set that does not decode, where the job says stop: exit 1 (a
+    fault in the data, found while running), naming the item."""

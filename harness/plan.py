@@ -13,8 +13,9 @@ read its row (load_plan_row), never the whole plan.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence
 
 from . import registry
 from .difftime import T  # noqa: F401  (re-exported: plan costs are in steps of T)
@@ -164,12 +165,76 @@ def _dictionary(codes: Any, values: pa.Array) -> tuple[pa.Array, pa.Array]:
     return pa.array(renumber[codes]), values.take(pa.array(used))
 
 
-def plan_batches(grid: Grid, assets: str | Path | None = None) -> Iterator[pa.RecordBatch]:
+@dataclass(frozen=True)
+class ShardSizing:
+    """How long one array task may run and the rates that turn a cell's work into time.
+
+    Each cell's shards are the longest that end within `budget_s` (never longer than the grid's
+    shard_size; whole batches where a batch fits), from the denoiser evaluations per second
+    measured for its denoiser (`harness calibrate`), else from its estimated GFLOPs at the
+    assumed `tflops`; a cell neither covers keeps the grid's shard_size. The ranks of a task
+    split its shard, so a shard's time is divided by `ranks`. Time in the classifier is not
+    counted where a denoiser rate is measured (the denoiser's evaluations dominate).
+
+    `keep`: cell → its shard size in the sweep's earlier plan. Results live in one directory
+    per (cell, shard index), so re-sizing a planned cell (a new calibration) would make an index
+    mean other examples; a planned cell keeps its size."""
+
+    budget_s: float
+    ranks: int = 1
+    rates: Mapping[str, float] = field(default_factory=dict)
+    tflops: float | None = None
+    where: str = "the profile"
+    keep: Mapping[str, int] = field(default_factory=dict)
+
+    def seconds_per_example(self, nfe: Any, passes: Any, per_pass: Any, denoisers: list[str],
+                            denoiser_of_cell: Any) -> Any:
+        """Estimated seconds of one example of each cell on one task (NaN: nothing to go by)."""
+        import numpy as np
+
+        rate = np.array([self.rates.get(d, np.nan) if d else np.nan for d in denoisers] or [np.nan],
+                        dtype=np.float64)[denoiser_of_cell]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            measured = nfe * passes / rate
+            assumed = per_pass * passes / (self.tflops * 1e3) if self.tflops else np.full(len(nfe), np.nan)
+        return np.where(np.isfinite(measured), measured, assumed) / max(1, self.ranks)
+
+    def shard_sizes(self, grid: Grid, seconds: Any, cell_texts: Callable[[int, int], tuple[Any, list[str]]]) -> Any:
+        """Each cell's shard size (int64); UsageError if one example alone exceeds the budget."""
+        import json
+
+        import numpy as np
+
+        with np.errstate(divide="ignore", invalid="ignore"):
+            fit = np.floor(self.budget_s / seconds)  # inf where free, NaN where unknown
+        cut = fit < grid.shard_size  # only a shard the budget shortens changes (NaN: no estimate)
+        whole = np.where(fit >= grid.batch_size, fit // grid.batch_size * grid.batch_size, fit)
+        size = np.where(cut, whole, grid.shard_size).astype(np.int64)
+        if self.keep:
+            for lo in range(0, len(size), ROW_GROUP_ROWS):
+                hashes = cell_texts(lo, min(len(size), lo + ROW_GROUP_ROWS))[1]
+                kept = np.array([self.keep.get(h, 0) for h in hashes], dtype=np.int64)
+                size[lo:lo + len(kept)] = np.where(kept > 0, kept, size[lo:lo + len(kept)])
+        if (size < 1).any():
+            i = int(np.flatnonzero(size < 1)[0])
+            cell = json.loads(cell_texts(i, i + 1)[0][0].as_py())
+            raise UsageError(
+                f"{grid.path}: one example of cell {cell_label(cell, 'purifier')} × "
+                f"{cell_label(cell, 'attack')} needs ~{seconds[i]:,.0f} s on {self.where}, more than a "
+                f"task's budget of {self.budget_s:,.0f} s; raise the profile's time_min, or lower the "
+                "attack's steps, eot or queries")
+        return size
+
+
+def plan_batches(grid: Grid, assets: str | Path | None = None,
+                 sizing: ShardSizing | None = None) -> Iterator[pa.RecordBatch]:
     """The plan's rows in order, ROW_GROUP_ROWS at a time (the last batch may be short): one row
     per (cell, shard), in cell order then shard order; `row` is the array index. Columns as
     _batch_schema (plan_frame makes them plain).
 
-    `assets_dir` is where the workers resolve `asset:<name>` values (see harness.catalog)."""
+    `assets_dir` is where the workers resolve `asset:<name>` values (see harness.catalog).
+    `sizing`: each cell's shards no longer than its time budget allows (shard_sizes); without
+    it every cell has the grid's shard_size."""
     import json
 
     import numpy as np
@@ -184,8 +249,6 @@ def plan_batches(grid: Grid, assets: str | Path | None = None) -> Iterator[pa.Re
     # The sha256 of every catalogued file as staged now: the workers hold the files to it.
     fixed = {"sweep": grid.sweep, "assets_dir": str(root),
              "asset_sha256": json.dumps(pins(cells, root), sort_keys=True), "param_columns": param_columns(cells)}
-    ranges = np.array(shard_ranges(grid.examples, grid.shard_size), dtype=np.int64)
-    sizes = ranges[:, 1] - ranges[:, 0]
     # Per variant (the hooks run once each), then per cell by index.
     per_value = {k: (k, *_coded(_per_value(grid, k, lambda v: v["name"], ""))) for k in KINDS}
     for column, kind in (("label", "purifier"), ("attack_label", "attack")):
@@ -203,34 +266,49 @@ def plan_batches(grid: Grid, assets: str | Path | None = None) -> Iterator[pa.Re
     per_pass = np.array([gflop_per_pass({"purifier": table.values["purifier"][int(c) // n_cls],
                                          "classifier": table.values["classifier"][int(c) % n_cls]})
                          for c in pairs], dtype=np.float64)[pair_of_cell.reshape(-1)]
-    if float((nfe.astype(np.float64) * passes).max()) * float(sizes.max()) >= 2.0 ** 63:
-        raise UsageError(f"{grid.path}: a row's estimated denoiser evaluations exceed 2^63; "
-                         "lower the attack's steps, eot or queries, or the shard size")
-    seeds = np.array(table.values["seeds"], dtype=np.int64)[table.index["seeds"]]
     literals, axes = table.json_pieces()
     value_json = {a: pa.array(table.value_json(a), pa.string()) for a in set(axes)}
-    schema = _batch_schema()
-    n_rows = len(table) * len(ranges)
-    for first in range(0, n_rows, ROW_GROUP_ROWS):
-        rows = np.arange(first, min(n_rows, first + ROW_GROUP_ROWS), dtype=np.int64)
-        n = len(rows)
-        cell, shard = np.divmod(rows, len(ranges))
-        lo, hi = int(cell[0]), int(cell[-1]) + 1
-        local = pa.array(cell - lo)
-        # The cells' canonical JSON joined from their values' JSON (CellTable.json_pieces), hashed once per cell.
+
+    def cell_texts(lo: int, hi: int) -> tuple[Any, list[str]]:
+        """Cells lo..hi-1: canonical JSON joined from their values' JSON (CellTable.json_pieces), and hashes."""
         pieces: list[Any] = [literals[0]]
         for a, literal in zip(axes, literals[1:]):
             pieces += [value_json[a].take(pa.array(table.index[a][lo:hi])), literal]
         texts = pc.binary_join_element_wise(*pieces, "")
-        salted = pc.binary_join_element_wise(HASH_SALT, texts, "").cast(pa.binary()).to_pylist()
-        size = sizes[shard]
+        return texts, salted_hashes(pc.binary_join_element_wise(HASH_SALT, texts, "").cast(pa.binary()).to_pylist())
+
+    size_of = np.full(len(table), grid.shard_size, dtype=np.int64)  # each cell's shard size
+    if sizing is not None:
+        dn_kind, dn_codes, dn_values = per_value["denoiser"]
+        seconds = sizing.seconds_per_example(nfe, passes, per_pass, dn_values.to_pylist(),
+                                             dn_codes[table.index[dn_kind]])
+        size_of = sizing.shard_sizes(grid, seconds, cell_texts)
+    counts = -(-grid.examples // size_of)
+    ends = np.cumsum(counts)  # row r belongs to the cell whose [end - count, end) holds it
+    if float((nfe.astype(np.float64) * passes).max()) * float(size_of.max()) >= 2.0 ** 63:
+        raise UsageError(f"{grid.path}: a row's estimated denoiser evaluations exceed 2^63; "
+                         "lower the attack's steps, eot or queries, or the shard size")
+    seeds = np.array(table.values["seeds"], dtype=np.int64)[table.index["seeds"]]
+    schema = _batch_schema()
+    n_rows = int(ends[-1]) if len(ends) else 0
+    for first in range(0, n_rows, ROW_GROUP_ROWS):
+        rows = np.arange(first, min(n_rows, first + ROW_GROUP_ROWS), dtype=np.int64)
+        n = len(rows)
+        cell = np.searchsorted(ends, rows, side="right")
+        shard = rows - (ends[cell] - counts[cell])
+        lo, hi = int(cell[0]), int(cell[-1]) + 1
+        local = pa.array(cell - lo)
+        texts, hashes = cell_texts(lo, hi)  # hashed once per cell
+        start = shard * size_of[cell]
+        stop = np.minimum(grid.examples, start + size_of[cell])
+        size = stop - start
         zeros = pa.array(np.zeros(n, np.int32))
         cols: dict[str, Any] = {
             **{k: pa.DictionaryArray.from_arrays(zeros, pa.array([v], pa.string())) for k, v in fixed.items()},
             **{k: pa.DictionaryArray.from_arrays(*_dictionary(codes[table.index[kind][cell]], values))
                for k, (kind, codes, values) in per_value.items()},
-            "row": rows, "cell": pa.array(salted_hashes(salted), pa.string()).take(local),
-            "shard": shard, "start": ranges[shard, 0], "stop": ranges[shard, 1],
+            "row": rows, "cell": pa.array(hashes, pa.string()).take(local),
+            "shard": shard, "start": start, "stop": stop,
             "cell_json": texts.take(local), "seed": seeds[cell], "batch_size": np.full(n, grid.batch_size),
             "nfe_per_example": nfe[cell], "nfe_total": nfe[cell] * size * passes[cell],
             "gflop_total": per_pass[cell] * size * passes[cell], "cell_examples": np.full(n, grid.examples),
@@ -239,11 +317,11 @@ def plan_batches(grid: Grid, assets: str | Path | None = None) -> Iterator[pa.Re
                                           if c in _INT_COLUMNS else pa.float64()) for c in COLUMNS], schema=schema)
 
 
-def plan_table(grid: Grid, assets: str | Path | None = None) -> pa.Table:
+def plan_table(grid: Grid, assets: str | Path | None = None, sizing: ShardSizing | None = None) -> pa.Table:
     """The whole plan as one Arrow table of plan_batches (write_plan(plan=) writes it as is)."""
     import pyarrow as pa
 
-    return pa.Table.from_batches(list(plan_batches(grid, assets)), schema=_batch_schema())
+    return pa.Table.from_batches(list(plan_batches(grid, assets, sizing)), schema=_batch_schema())
 
 
 def plan_frame(table: pa.Table) -> pd.DataFrame:
@@ -251,9 +329,9 @@ def plan_frame(table: pa.Table) -> pd.DataFrame:
     return table.cast(plan_schema()).to_pandas()
 
 
-def make_plan(grid: Grid, assets: str | Path | None = None) -> pd.DataFrame:
+def make_plan(grid: Grid, assets: str | Path | None = None, sizing: ShardSizing | None = None) -> pd.DataFrame:
     """The whole plan as a DataFrame (what load_plan reads back from write_plan's file)."""
-    return plan_frame(plan_table(grid, assets))
+    return plan_frame(plan_table(grid, assets, sizing))
 
 
 def _plan_file(path: str | Path) -> Path:
@@ -342,6 +420,22 @@ def _write_parquet(batches: Iterator[pa.RecordBatch], path: Path) -> None:
         os.fsync(f.fileno())
 
 
+def planned_shard_sizes(jobs_dir: str | Path, sweep: str) -> dict[str, int]:
+    """cell → the size of its shards in the sweep's plan under jobs_dir ({} where none is)."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    path = Path(jobs_dir) / sweep / "plan.parquet"
+    if not path.is_file():
+        return {}
+    try:
+        t = pq.read_table(path, columns=["cell", "shard", "start", "stop"], filters=[("shard", "=", 0)])
+    except Exception as exc:  # noqa: BLE001 (an unreadable plan is refused the same way as by write_plan)
+        raise UsageError(f"{path}: existing plan is unreadable ({exc}); remove it to plan again") from None
+    sizes = pc.subtract(t["stop"], t["start"]).to_pylist()
+    return dict(zip(t["cell"].cast("string").to_pylist(), sizes))
+
+
 def _cells(path: Path) -> pa.Array:
     """The distinct cells of a plan file, read from its `cell` column only."""
     import pyarrow as pa
@@ -363,7 +457,8 @@ def _same_cells(path: Path, new: Path) -> bool:
 
 
 def write_plan(grid: Grid, jobs_dir: str | Path = "jobs", overwrite: bool = False,
-               assets: str | Path | None = None, plan: pa.Table | None = None) -> Path:
+               assets: str | Path | None = None, plan: pa.Table | None = None,
+               sizing: ShardSizing | None = None) -> Path:
     """Write jobs/<sweep>/plan.parquet and grid.yaml (the source bytes); return the plan path.
 
     The plan is streamed from plan_batches (a million rows never held at once), or taken from
@@ -386,7 +481,7 @@ def write_plan(grid: Grid, jobs_dir: str | Path = "jobs", overwrite: bool = Fals
             remove_temporaries(out, plan_path.name, grid_path.name)
         tmp = temporary_name(plan_path)  # as atomic_write's, but written in row groups
         try:
-            batches = plan.to_batches(ROW_GROUP_ROWS) if plan is not None else plan_batches(grid, assets)
+            batches = plan.to_batches(ROW_GROUP_ROWS) if plan is not None else plan_batches(grid, assets, sizing)
             _write_parquet(batches, tmp)
             if plan_path.exists():
                 if not overwrite and not _same_cells(plan_path, tmp):

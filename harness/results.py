@@ -53,7 +53,16 @@ SCHEMA = pa.schema([
     ("harness_version", pa.string()), ("git_rev", pa.string()),
     ("torch_version", pa.string()), ("host", pa.string()), ("device", pa.string()),
     ("precision", pa.string()),  # the networks' precision: fp32 | bf16 (harness.precision)
+    # whether the purifier's activations were recomputed in the backward pass (chosen per batch:
+    # on where they did not fit in device memory, and on CPU)
+    ("grad_checkpoint", pa.bool_()),
 ])  # + the cell's parameter columns (row_schema); cell_json and assets: in _cell.json
+
+#: Columns this writer adds that earlier ones did not write: a part without them is still
+#: valid (its rows are as good; recomputing finished work for a new record would waste it).
+LATER_COLUMNS = ("grad_checkpoint",)
+#: What a part file must have to count: SCHEMA less LATER_COLUMNS.
+REQUIRED_COLUMNS = tuple(n for n in SCHEMA.names if n not in LATER_COLUMNS)
 
 #: Per-cell constants, once per cell beside its shard directories (ignored by result readers).
 CELL_FILE = "_cell.json"
@@ -226,7 +235,7 @@ def check_header(path: str | os.PathLike[str], required: Iterable[str] | None = 
             values = _footer_constants(pf.metadata, schema, constants) if constants else None
     except Exception as exc:  # noqa: BLE001 (pyarrow raises ArrowInvalid, OSError, ...)
         return None, PartCheck(path, f"unreadable ({_first_line(exc)})", "unreadable", size=size)
-    problem = _schema_problem(schema, tuple(SCHEMA.names if required is None else required),
+    problem = _schema_problem(schema, tuple(REQUIRED_COLUMNS if required is None else required),
                               tuple(fields or ()))
     if problem:
         return None, PartCheck(path, problem, "schema", size=size, rows=rows)
@@ -292,10 +301,10 @@ def read_part(path: str | os.PathLike[str], required: Iterable[str] | None = Non
               ) -> tuple[pa.Table | None, PartCheck]:
     """Read and validate one part file: (its table or None, the verdict).
 
-    Valid means: it reads; it has the ``required`` columns (default: every column of SCHEMA);
+    Valid means: it reads; it has the ``required`` columns (default: REQUIRED_COLUMNS);
     each column of SCHEMA (and of ``fields``, the plan's parameter columns) it has is of the
     written type (any integer width for an integer, as older writers used); and, for a file of
-    this writer (every SCHEMA column present) or when ``eval_runs`` is given, it holds exactly
+    this writer (every REQUIRED_COLUMNS column present) or when ``eval_runs`` is given, it holds exactly
     its examples × eval runs: each (example, eval_run) once, eval_run in 0..eval_runs-1, one
     eval_runs value, and the first example the one its name says."""
     schema, head = check_header(path, required, fields)
@@ -310,7 +319,7 @@ def read_part(path: str | os.PathLike[str], required: Iterable[str] | None = Non
         return None, PartCheck(path, f"unreadable ({_first_line(exc)})", "unreadable", size=size)
     bad = lambda reason, tag: (None, PartCheck(path, reason, tag, size=size, rows=table.num_rows))  # noqa: E731
     names = set(table.column_names)
-    if eval_runs is None and not set(SCHEMA.names) <= names:
+    if eval_runs is None and not set(REQUIRED_COLUMNS) <= names:
         # an older writer's file (hand-written, or rows split over parts): no row invariant
         return table, PartCheck(path, size=size, rows=table.num_rows,
                                 examples=frozenset(table.column("example").to_pylist()

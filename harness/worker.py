@@ -62,23 +62,30 @@ class Assets:
     def defended(self, cell: dict[str, Any]) -> Any:
         """classifier(purifier(x)) for the cell, its networks at the cell's precision (see
         harness.precision: bf16 autocast on CUDA unless the grid asks for fp32)."""
-        from .models.denoisers import load_denoiser
-        from .precision import Network
         from .purify.pipeline import Defended
 
         precision = self.precision(cell)
-        classifier = self.get(f"network:{precision}:{json.dumps(cell['classifier'], sort_keys=True)}",
-                              lambda: Network(self._plugin("classifier", cell["classifier"]).to(self.device),
-                                              precision, self.device))
-        p = cell["purifier"]
+        return Defended(self.purifier(cell["purifier"], precision), self.classifier(cell["classifier"], precision))
+
+    def classifier(self, entry: dict[str, Any], precision: str) -> Any:
+        """A classifier entry's network on this device at `precision` (cached)."""
+        from .precision import Network
+
+        return self.get(f"network:{precision}:{json.dumps(entry, sort_keys=True)}",
+                        lambda: Network(self._plugin("classifier", entry).to(self.device), precision, self.device))
+
+    def purifier(self, p: dict[str, Any], precision: str) -> Any:
+        """A purifier entry built on its denoiser's network at `precision` (cached)."""
+        from .models.denoisers import load_denoiser
+        from .precision import Network
+
         value = p["params"].get("denoiser")
         eps_fn = (self.get(f"denoiser:{precision}:{value}", lambda: Network(
             load_denoiser(value, self.root, self.pinned).to(self.device), precision, self.device))
             if value else None)
-        purifier = self.get(f"purifier:{precision}:{json.dumps(p, sort_keys=True)}",
-                            lambda: registry.get("purifier", p["name"]).load()(
-                                p["name"], p["params"], self.device, eps_fn=eps_fn))
-        return Defended(purifier, classifier)
+        return self.get(f"purifier:{precision}:{json.dumps(p, sort_keys=True)}",
+                        lambda: registry.get("purifier", p["name"]).load()(
+                            p["name"], p["params"], self.device, eps_fn=eps_fn))
 
     def precision(self, cell: dict[str, Any]) -> str:
         """The cell's precision on this device (its `precision`, "auto" when it has none)."""
@@ -177,8 +184,13 @@ def _run_locked(plan_row: dict[str, Any], results_dir: Path, out_dir: Path, asse
     # Out of device memory: first keep no activations for the backward pass (checkpointing),
     # then halve the batch and retry (nothing of a failed batch was written; rows do not
     # depend on the batch size). What fits is kept for the rest of this process's rows.
+    # What fits is also kept per device type beside the sweep's results, so the next task on
+    # such a device starts there instead of running out of memory again.
     fit_key = f"fit:{assets.device}:{combination_key(cell)}"
-    bs, checkpoint = assets.cache.get(fit_key, (int(plan_row["batch_size"]), str(assets.device).startswith("cpu")))
+    fits = FitRecord(results_dir / plan_row["sweep"], assets.device)
+    bs, checkpoint = assets.cache.get(fit_key) or fits.get(cell) or (
+        int(plan_row["batch_size"]), str(assets.device).startswith("cpu"))
+    bs = min(bs, int(plan_row["batch_size"]))
     model.purifier.checkpoint = checkpoint
     while i < len(todo):
         examples = todo[i:i + bs]
@@ -197,12 +209,14 @@ def _run_locked(plan_row: dict[str, Any], results_dir: Path, out_dir: Path, asse
             else:
                 bs //= 2
             assets.cache[fit_key] = (bs, model.purifier.checkpoint)
+            fits.put(cell, bs, model.purifier.checkpoint)
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
             print(f"harness: out of memory on {assets.device} at {len(examples)} examples; retrying with "
                   f"batch {bs}, checkpointing {'on' if model.purifier.checkpoint else 'off'}", file=sys.stderr)
             continue
-        write_part([{**constant, **r} for r in rows], part_path(out_dir, rank, examples[0]), schema)
+        write_part([{**constant, **r, "grad_checkpoint": bool(model.purifier.checkpoint)} for r in rows],
+                   part_path(out_dir, rank, examples[0]), schema)
         written += len(rows)
         i += len(examples)
         if on_batch:
@@ -219,3 +233,60 @@ def combination_key(cell: dict[str, Any]) -> str:
     decides whether a batch fits (the worker's memory fallback) and whether it runs at all
     (the preflight), seeds aside."""
     return json.dumps({k: v for k, v in cell.items() if k not in _NOT_COMBINATION}, sort_keys=True)
+
+
+def device_type(device: str) -> str:
+    """What memory fits are shared by: the GPU's model (torch's name for it) or the torch device type."""
+    import torch
+
+    if str(device).startswith("cuda") and torch.cuda.is_available():
+        index = torch.device(device).index
+        return torch.cuda.get_device_name(torch.cuda.current_device() if index is None else index)
+    return torch.device(device).type
+
+
+class FitRecord:
+    """The largest (batch, checkpointing) that fitted each combination on one device type, found
+    by the out-of-memory fallback: <results>/<sweep>/_fit/<device type>.json, merged under a
+    lock and replaced atomically (tasks of the sweep on other nodes read and extend it)."""
+
+    def __init__(self, sweep_dir: Path, device: str):
+        import re
+
+        self.path = sweep_dir / "_fit" / (re.sub(r"[^A-Za-z0-9._-]+", "_", device_type(device)) + ".json")
+
+    @staticmethod
+    def _key(cell: dict[str, Any]) -> str:
+        import hashlib
+
+        return hashlib.sha256(combination_key(cell).encode()).hexdigest()[:16]
+
+    def _read(self) -> dict[str, Any]:
+        try:
+            doc = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return {}  # none yet, or unreadable: the fallback finds the fit again
+        return doc if isinstance(doc, dict) else {}
+
+    def get(self, cell: dict[str, Any]) -> tuple[int, bool] | None:
+        entry = self._read().get(self._key(cell))
+        try:
+            return (int(entry["batch"]), bool(entry["checkpoint"])) if entry and int(entry["batch"]) >= 1 else None
+        except (KeyError, TypeError, ValueError):
+            return None
+
+    def put(self, cell: dict[str, Any], batch: int, checkpoint: bool) -> None:
+        from .fsutil import atomic_write, file_lock
+
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with file_lock(self.path.with_suffix(".lock"), wait=True):
+                doc = self._read()
+                old = doc.get(self._key(cell)) or {}
+                if old and int(old.get("batch", 0)) <= batch and (old.get("checkpoint") or not checkpoint):
+                    return  # another task already found a smaller fit
+                doc[self._key(cell)] = {"batch": batch, "checkpoint": checkpoint,
+                                        "combination": json.loads(combination_key(cell))}
+                atomic_write(self.path, (json.dumps(doc, indent=1, sort_keys=True) + "\n").encode())
+        except OSError as exc:  # a record we cannot write costs a retry later, never the rows
+            print(f"harness: could not record the batch that fits in {self.path}: {exc}", file=sys.stderr)

@@ -3,6 +3,7 @@ compilation with its fallback, one purification batch for clean and adversarial 
 from __future__ import annotations
 
 import json
+import shutil
 
 import pyarrow.parquet as pq
 import pytest
@@ -161,6 +162,15 @@ def test_out_of_memory_turns_checkpointing_on_then_halves_the_batch(tiny_grid, t
     keep = ["cell", "example", "eval_run", "clean_pred", "adv_pred", "perturbation"]
     key = ["example", "eval_run"]
     assert a[keep].sort_values(key).reset_index(drop=True).equals(b[keep].sort_values(key).reset_index(drop=True))
+    assert b["grad_checkpoint"].all()  # recorded on every row
+    # what fitted is kept per device type beside the sweep: a new process starts there
+    fit = json.loads((tmp_path / "tight" / row["sweep"] / "_fit" / "cpu.json").read_text())
+    assert [(e["batch"], e["checkpoint"]) for e in fit.values()] == [(1, True)]
+    (tmp_path / "again" / row["sweep"]).mkdir(parents=True)
+    shutil.copytree(tmp_path / "tight" / row["sweep"] / "_fit", tmp_path / "again" / row["sweep"] / "_fit")
+    sizes.clear()
+    assert run_row(row, tmp_path / "again", Assets()) == plain
+    assert sizes and all(s == (1, True) for s in sizes)  # no out-of-memory retry this time
 
 
 def test_grid_precision_is_checked_and_part_of_the_cell(tmp_path) -> None:

@@ -165,6 +165,7 @@ def submit(grid_path: str | Path, profile: str | None = None, jobs: str | Path =
     from ..grid import load_grid
     from ..plan import load_plan, plan_frame, plan_table, write_plan
     from ..results import write_report_spec
+    from .sizing import sizing_for
 
     grid = load_grid(grid_path)
     root = assets_dir(assets, grid.assets)
@@ -180,7 +181,8 @@ def submit(grid_path: str | Path, profile: str | None = None, jobs: str | Path =
     prof.check_arch(python_given=prof.python is not None)
     results_root = Path(results or last.get("results") or "results").absolute()
     plan_path = jobs_sweep / "plan.parquet"
-    table = plan_table(grid, root)  # built once: compared, written and selected from
+    sizing, sized = sizing_for(prof, jobs_sweep.parent, grid.sweep)
+    table = plan_table(grid, root, sizing)  # built once: compared, written and selected from
     plan = plan_frame(table)
     sel = select_rows(plan.to_dict("records"), results_root, submissions, resume, states)
     if preflight and not dry_run and sel.todo:
@@ -194,17 +196,14 @@ def submit(grid_path: str | Path, profile: str | None = None, jobs: str | Path =
         write_report_spec(results_root, grid.sweep, grid.report)
     out(f"plan: {plan_path}{' (not written: dry run)' if dry_run else ''}")
     out(f"profile: {prof.name} ({prof.path})")
+    out(sized)
     out(f"results: {results_root}")
     out(f"{len(plan)} rows: {sel.complete} complete, {len(sel.active)} queued or running, "
         f"{len(sel.todo)} to submit")
     if not sel.todo:
         out("nothing to submit")
         return []
-    limit, source = prof.max_array_size, "profile"
-    if limit is None:
-        limit, source = cluster_max_array_size(), "scontrol"
-        if limit is None:
-            limit, source = DEFAULT_MAX_ARRAY_SIZE, "default; scontrol did not answer"
+    limit, source = array_limit(prof)
     folder = jobs_sweep / "slurm"
     ids: list[str] = []
     keys = {int(r["row"]): shard_key(r) for r in sel.todo}
@@ -215,25 +214,41 @@ def submit(grid_path: str | Path, profile: str | None = None, jobs: str | Path =
         if dry_run:
             out(f"# {head}\n{render(ex, len(rows))}")
             continue
-        folder.mkdir(parents=True, exist_ok=True)
-        try:
-            jobs_ = ex.map_array(ArrayTask(), [str(plan_path)] * len(rows), rows)
-        except FileNotFoundError as exc:
-            raise _no_sbatch(exc) from None
-        job_id = jobs_[0].job_id.split("_")[0]
-        record = {"time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-                  "job_id": job_id, "array": len(rows) > 1, "rows": rows,
-                  "shards": [keys[r] for r in rows],
-                  "profile": str(prof.path.absolute()), "profile_name": prof.name,
-                  "plan": str(plan_path), "results": str(results_root), "folder": str(folder),
-                  "sbatch": str(jobs_[0].paths.submission_file)}
-        with open(jobs_sweep / SUBMISSIONS, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        job_id = submit_array(ex, ArrayTask(), str(plan_path), rows, [keys[r] for r in rows], prof, jobs_sweep,
+                              results=str(results_root))
         ids.append(job_id)
         out(f"submitted {head}: job {job_id}")
     if not dry_run:
         out(f"status: harness status {shlex.quote(str(jobs_sweep))}")
     return ids
+
+
+def array_limit(prof: Profile) -> tuple[int, str]:
+    """The most tasks one array may have, and where that number comes from."""
+    if prof.max_array_size is not None:
+        return prof.max_array_size, "profile"
+    limit = cluster_max_array_size()
+    return (limit, "scontrol") if limit is not None else (DEFAULT_MAX_ARRAY_SIZE, "default; scontrol did not answer")
+
+
+def submit_array(ex: SlurmExecutor, fn: Any, target: str, rows: list[int], keys: list[str], prof: Profile,
+                 record_dir: Path, **extra: str) -> str:
+    """Submit fn(target, row) for each row as one array; record it in record_dir/submissions.jsonl
+    (what `harness status` and `--resume` read: the shard key of each row); the job id."""
+    folder = Path(ex.folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        jobs_ = ex.map_array(fn, [target] * len(rows), rows)
+    except FileNotFoundError as exc:
+        raise _no_sbatch(exc) from None
+    job_id = jobs_[0].job_id.split("_")[0]
+    record = {"time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+              "job_id": job_id, "array": len(rows) > 1, "rows": rows, "shards": keys,
+              "profile": str(prof.path.absolute()), "profile_name": prof.name,
+              "plan": target, **extra, "folder": str(folder), "sbatch": str(jobs_[0].paths.submission_file)}
+    with open(record_dir / SUBMISSIONS, "a") as f:
+        f.write(json.dumps(record) + "\n")
+    return job_id
 
 
 # ---------------------------------------------------------------- plan once (slurm/sweep.sh)
@@ -263,7 +278,11 @@ def plan_once(grid_path: str | Path, jobs: str | Path = "jobs") -> Path:
                 raise UsageError(f"{grid_path}: changed since {plan} was planned from it; the array's "
                                  f"row numbers would mean other rows. Plan again (`harness plan`) and resubmit")
             return plan
-        path = write_plan(grid, jobs)
+        from .profiles import load_profile, resolve
+        from .sizing import sizing_for
+
+        prof = load_profile(resolve(grid.profile, grid.path)) if grid.profile else None
+        path = write_plan(grid, jobs, sizing=sizing_for(prof, jobs, grid.sweep)[0])  # as `harness plan` sizes it
         from ..results import write_report_spec
         from .task import results_dir_for
 
