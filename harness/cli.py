@@ -100,8 +100,10 @@ def check_device(device: str) -> str:
     count = torch.cuda.device_count() if torch.cuda.is_available() else 0
     index = int(m.group(2) or 0)
     if index >= count:
+        from .devices import cuda_view, describe
+
         available = "cpu" + "".join(f", cuda:{i}" for i in range(count))
-        raise UsageError(f"--device {device}: no such device here ({count} CUDA device(s) visible); "
+        raise UsageError(f"--device {device}: no such device here ({describe(cuda_view())}); "
                          f"available: {available}")
     return device
 
@@ -323,6 +325,16 @@ def cmd_purify(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from . import doctor
+    from .grid import load_grid
+
+    grid = load_grid(args.grid) if args.grid else None
+    name = args.profile or (grid.profile if grid else None)
+    prof = _profile(name, grid.path if grid else Path("."))
+    return doctor.run(prof, grid, args.results, args.jobs, args.assets, login=args.login)
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from .models.bundled import ASSETS
     from .train import main
@@ -417,6 +429,16 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--device", default="cpu", help="torch device for --local, e.g. cpu or cuda:0")
     sp.add_argument("--resume", action="store_true", help="with --profile: submit only shards neither done nor active")
     sp.add_argument("--dry-run", action="store_true", help="plan and print the cost; purify nothing")
+
+    sp = add("doctor", cmd_doctor, "check that a grid would run here under a profile: Python and arch, torch and "
+             "CUDA, GPUs and NVML, MPI, Slurm, assets, writable results; exit 0 only if ready")
+    sp.add_argument("--profile", default=None, help="cluster profile (default: the grid's `profile:`)")
+    sp.add_argument("--grid", default=None, help="grid YAML file: its assets and expected output size")
+    sp.add_argument("--results", default="results", help="results directory (default: results)")
+    sp.add_argument("--jobs", default="jobs", help="jobs directory (default: jobs)")
+    sp.add_argument("--assets", default=None, help=ASSETS_HELP)
+    sp.add_argument("--login", action="store_true",
+                    help="on a login node: the GPU is checked on the nodes (srun harness doctor ...), not here")
 
     sp = add("status", cmd_status, "per cell: examples done / running / queued / failed / missing")
     sp.add_argument("target", help="jobs/<sweep> or results/<sweep>")

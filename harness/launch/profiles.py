@@ -20,7 +20,11 @@ cluster admin's `module load ...`, written by whoever writes the profile).
     max_requeues: 3           # requeues after a timeout or preemption
     array_parallelism: 32     # at most this many array tasks at once (`--array=...%N`)
     max_array_size: 1000      # optional: rows per array job (default: the cluster's MaxArraySize)
-    python: [python3]         # the interpreter as argv words (default: the submitting one)
+    python: [python3]         # the interpreter as argv words (default: the submitting one; python3 in a container)
+    device: cuda              # what a task needs (default: cuda with gpus_per_node, else cpu): a task
+                              # needing CUDA that finds none stops at once, naming why
+    container: /shared/images/harness.sif   # run each task inside this Apptainer image
+    container_args: [--bind, /scratch]      # extra `apptainer exec` arguments, one word each
     gpu_tflops: 100           # sustained TFLOP/s one GPU is assumed to reach: `harness plan`'s GPU-hours
     srun_args: [--mpi=pmix]   # extra srun arguments, one word each
     setup:
@@ -45,6 +49,7 @@ from ..errors import UsageError
 
 REPO_PROFILES = Path(__file__).resolve().parent.parent.parent / "slurm" / "profiles"
 ARCHES = ("x86_64", "aarch64")
+DEVICES = ("cuda", "cpu")
 _NAME_RE = re.compile(r"[A-Za-z0-9_.,-]+")               # partition, account, qos
 _CONSTRAINT_RE = re.compile(r"[A-Za-z0-9_.,&|!*:\[\]()-]+")
 _ENV_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -104,6 +109,9 @@ class Profile:
     srun_args: tuple[str, ...] = ()
     gpu_tflops: float | None = None
     setup: Setup = field(default_factory=Setup)
+    device: str = "cpu"
+    container: str | None = None
+    container_args: tuple[str, ...] = ()
 
     def sbatch_parameters(self, job_name: str) -> dict[str, Any]:
         """Keyword arguments of submitit's SlurmExecutor.update_parameters."""
@@ -123,8 +131,19 @@ class Profile:
         return p
 
     def python_command(self, default: str) -> str:
-        """The interpreter as one shell-safe string (each argv word quoted)."""
-        return " ".join(shlex.quote(w) for w in self.python) if self.python else shlex.quote(default)
+        """The interpreter as one shell-safe string (each argv word quoted); with a container,
+        run inside it (`apptainer exec`, `--nv` where the task needs CUDA), where the submitting
+        machine's interpreter means nothing: python3 unless `python` names another."""
+        if self.container:
+            words = ["apptainer", "exec", *(["--nv"] if self.device == "cuda" else []), *self.container_args,
+                     self.container, *(self.python or ("python3",))]
+        else:
+            words = list(self.python) if self.python else [default]
+        return " ".join(shlex.quote(w) for w in words)
+
+    def env_lines(self) -> list[str]:
+        """What the batch script exports for the task: its device requirement (harness.devices)."""
+        return [f"export HARNESS_NEEDS={shlex.quote(self.device)}"] if self.device == "cuda" else []
 
     def group_key(self, row: dict[str, Any]) -> tuple[Any, ...]:
         """Rows with the same key share one array job (same resources). One group for now;
@@ -220,6 +239,13 @@ def _setup(file: str, key: str, v: Any) -> Setup:
     return Setup(modules, venv, tuple(pairs), commands)
 
 
+def _image(file: str, key: str, v: Any) -> str:
+    v = _no_newline(file, key, _str(None, "an image file path")(file, key, v))
+    if not os.path.isabs(os.path.expanduser(v)):
+        raise ProfileError(file, key, f"{v!r} is not allowed; expected an absolute path (the nodes resolve it)")
+    return os.path.expanduser(v)
+
+
 _NAME = _str(_NAME_RE, "a scheduler name (letters, digits and _ . , -)")
 KEYS: dict[str, Callable[[str, str, Any], Any]] = {
     "description": _str(None, "a string"),
@@ -230,6 +256,7 @@ KEYS: dict[str, Callable[[str, str, Any], Any]] = {
     "mem_gb": _positive_number, "time_min": _int(1), "signal_delay_s": _int(0, 65535),
     "max_requeues": _int(0, 100), "array_parallelism": _int(1), "max_array_size": _int(1),
     "python": _words, "srun_args": _words, "setup": _setup, "gpu_tflops": _positive_number,
+    "device": _choice(DEVICES), "container": _image, "container_args": _words,
 }
 
 
@@ -247,11 +274,12 @@ def parse_profile(raw: Any, path: Path) -> Profile:
         if value is None and key != "setup":
             continue  # an explicit null means the scheduler's default
         values[key] = KEYS[key](file, key, value)
-    for key in ("python", "srun_args"):
+    for key in ("python", "srun_args", "container_args"):
         for w in values.get(key, ()):
             _no_newline(file, key, w)
     gpus = values.get("gpus_per_node", 0)
     values.setdefault("tasks_per_node", max(1, gpus))
+    values.setdefault("device", "cuda" if gpus else "cpu")
     if gpus and values["tasks_per_node"] != gpus:
         raise ProfileError(file, "tasks_per_node", f"{values['tasks_per_node']} is not allowed; one "
                                                     f"rank per GPU: expected {gpus} (= gpus_per_node)")

@@ -13,12 +13,13 @@ from typing import Any, Callable
 from submitit.core.utils import DelayedSubmission
 from submitit.helpers import Checkpointable
 
+from ..devices import check_task
 from ..errors import UsageError
 from ..purify_job import Purifier, finish_shard, job_of, read_plan, run_shard, shard_done
 from ..ranks import detect
 from .profiles import Profile
 from .slurm import array_limit, chunks, make_executor, ranges, render, submit_array
-from .status import ACTIVE, read_submissions, shard_states
+from .status import ACTIVE, failure_lines, read_submissions, shard_states
 
 
 
@@ -28,6 +29,7 @@ def shard_key(index: int) -> str:
 
 def run_purify_task(state: str, index: int) -> int:
     """One array task: this rank's items of shard `index`; the shard finished when all are staged."""
+    check_task(state)  # a task that needs CUDA and has none stops before loading anything
     world = detect()
     world.configure_threads()
     device = world.device()
@@ -99,4 +101,4 @@ def scheduler_summary(state: Path, states: dict[str, str] | None = None) -> str:
         if not shard_done(plan, int(key.split(":")[1])):
             counts[s] = counts.get(s, 0) + 1
     body = ", ".join(f"{n} {s.lower()}" for s, n in sorted(counts.items())) or "every submitted shard done"
-    return f"scheduler ({source}): {body}"
+    return "\n".join([f"scheduler ({source}): {body}", *failure_lines(state, submissions)])

@@ -65,7 +65,7 @@ class _Executor(SlurmExecutor):
 def make_executor(folder: Path, profile: Profile, job_name: str, results: Path) -> SlurmExecutor:
     python = profile.python_command(sys.executable)
     ex = _Executor(folder, max_num_timeout=profile.max_requeues, python=python)
-    setup = profile.setup.lines() + [f"export HARNESS_RESULTS={shlex.quote(str(results))}"]
+    setup = profile.setup.lines() + profile.env_lines() + [f"export HARNESS_RESULTS={shlex.quote(str(results))}"]
     ex.update_parameters(**profile.sbatch_parameters(job_name), setup=setup)
     return ex
 
@@ -178,7 +178,7 @@ def submit(grid_path: str | Path, profile: str | None = None, jobs: str | Path =
     submissions = read_submissions(jobs_sweep)
     last = submissions[-1] if submissions else {}
     prof = load_profile(resolve(profile or grid.profile or last.get("profile"), grid.path))
-    prof.check_arch(python_given=prof.python is not None)
+    prof.check_arch(python_given=prof.python is not None or prof.container is not None)
     results_root = Path(results or last.get("results") or "results").absolute()
     plan_path = jobs_sweep / "plan.parquet"
     sizing, sized = sizing_for(prof, jobs_sweep.parent, grid.sweep)

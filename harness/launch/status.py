@@ -135,6 +135,16 @@ def shard_states(submissions: list[dict[str, Any]], states: dict[str, str] | Non
     return {key: states.get(t, "UNKNOWN") for key, t in tasks.items()}, source
 
 
+def failure_lines(record_dir: Path, submissions: list[dict[str, Any]]) -> list[str]:
+    """Why the latest task of a shard failed, where the task recorded it (harness.devices)."""
+    from ..devices import recorded_failures
+
+    failed = recorded_failures(record_dir)
+    latest = set(shard_tasks(submissions).values())
+    return [f"task {t} failed on {doc.get('host', '?')}: {doc['cause']}" for t, doc in sorted(failed.items())
+            if t in latest]
+
+
 # ---------------------------------------------------------------- the sweep
 
 @dataclass
@@ -145,6 +155,7 @@ class SweepStatus:
     source: str                                   # sacct | squeue | none
     cells: list[dict[str, Any]] = field(default_factory=list)   # label, attack_label, cell, counts
     jobs: dict[str, int] = field(default_factory=dict)          # state → tasks
+    causes: list[str] = field(default_factory=list)             # why latest tasks failed, where recorded
 
     def totals(self) -> dict[str, int]:
         return {k: sum(c[k] for c in self.cells) for k in ("examples", *STATES)}
@@ -206,6 +217,8 @@ def sweep_status(target: str | Path, jobs: str | Path | None = None,
     st = SweepStatus(sweep, jobs_dir / "plan.parquet" if jobs_dir else None, results_sweep, source)
     for s in by_shard.values():
         st.jobs[s] = st.jobs.get(s, 0) + 1
+    if jobs_dir is not None and subs:
+        st.causes = failure_lines(jobs_dir, subs)
     if jobs_dir is None:  # results only: what is there, nothing about what is not
         for d in sorted(results_sweep.glob("cell=*")):
             n, problems = 0, []
@@ -265,6 +278,7 @@ def format_status(st: SweepStatus) -> str:
         lines.append(f"array tasks (latest per row, from {st.source}): {jobs}")
     elif st.plan is not None:
         lines.append("no submissions recorded (jobs/<sweep>/submissions.jsonl)")
+    lines += st.causes
     if st.plan is not None and (t["failed"] or t["missing"]) and not (t["running"] or t["queued"]):
         lines.append("to finish: harness submit --grid " + shlex.quote(str(st.plan.parent / "grid.yaml"))
                      + " --jobs " + shlex.quote(str(st.plan.parent.parent)) + " --resume")

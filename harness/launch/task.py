@@ -15,6 +15,7 @@ from typing import Any
 
 from ..fsutil import atomic_write
 from ..plan import load_plan_row
+from ..devices import DeviceError, check_task
 from ..ranks import World, detect
 from ..telemetry import GpuMonitor, system_description
 from ..results import COMPLETE, rank_lock, shard_dir, write_marker
@@ -64,6 +65,7 @@ def run_task_marked(plan_path: str, row_index: int, results: str | None = None,
                     world: World | None = None) -> tuple[int, bool]:
     """run_task, and whether this rank wrote the shard's completion marker."""
     plan_file = Path(plan_path)
+    check_task(plan_file.parent)  # a task that needs CUDA and has none stops before loading anything
     row = load_plan_row(plan_file, row_index)  # its row group only: every task and rank reads one
     world = world or detect()
     results_dir = Path(results) if results else results_dir_for(plan_file)
@@ -91,7 +93,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--results", default=None, help="results directory (default: results/ beside jobs/)")
     args = ap.parse_args(argv)
     world = detect()
-    n, wrote = run_task_marked(args.plan, args.row, args.results, world)
+    try:
+        n, wrote = run_task_marked(args.plan, args.row, args.results, world)
+    except DeviceError as exc:
+        print(f"rank {world.rank}: {exc}", file=sys.stderr, flush=True)
+        return exc.exit_code
     marked = ", shard marked complete" if wrote else ""
     print(f"rank {world.rank}/{world.size} ({world.backend}): row {args.row} done, {n} rows written{marked}",
           flush=True)
