@@ -145,18 +145,37 @@ def nfe_per_item(job: PurifyJob) -> int:
     return nfe_per_purification(job.purifier)
 
 
-def _check_resolution(job: PurifyJob, first: Any) -> None:
-    """The denoiser's input size against the data set's first image (plan time, not the worker)."""
-    from .catalog import arch_of
+def denoiser_input(value: Any, root: Path) -> tuple[tuple[int, ...], str] | None:
+    """(channels, height, width) a denoiser takes and what it is: a catalogued or bundled
+    architecture's, or a diffusers folder's config.json (in_channels, sample_size); None when
+    neither says."""
+    from .catalog import arch_of, resolve
 
-    den = arch_of("denoiser", job.purifier["params"].get("denoiser"))
-    if den is None or first.image is None:
+    den = arch_of("denoiser", value)
+    if den is not None:
+        return tuple(den.input), den.name
+    if not isinstance(value, str) or not value:
+        return None
+    config = resolve(value, root) / "config.json"
+    try:
+        cfg = json.loads(config.read_text())
+        side = cfg["sample_size"]
+        h, w = (side, side) if isinstance(side, int) else tuple(side)
+        return (int(cfg.get("in_channels", 3)), int(h), int(w)), f"diffusers folder {config.parent}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # not a diffusers folder: the loader names the problem
+
+
+def _check_resolution(job: PurifyJob, first: Any, root: Path) -> None:
+    """The denoiser's input size against the data set's first image (plan time, not the worker)."""
+    found = denoiser_input(job.purifier["params"].get("denoiser"), root)
+    if found is None or first.image is None:
         return
-    h, w, c = first.image.shape
-    if (c, h, w) != tuple(den.input):
+    (want, name), (h, w, c) = found, first.image.shape
+    if (c, h, w) != want:
         raise GridError(job.input, "purifier.params.denoiser",
-                        f"{job.purifier['params']['denoiser']} ({den.name}) works on "
-                        f"{'x'.join(map(str, den.input))} (channels x height x width) images; item "
+                        f"{job.purifier['params']['denoiser']} ({name}) works on "
+                        f"{'x'.join(map(str, want))} (channels x height x width) images; item "
                         f"{first.key!r} is {c}x{h}x{w}")
 
 
@@ -175,7 +194,7 @@ def plan_job(job: PurifyJob, write: bool = True) -> dict[str, Any]:
     first = next((s for s in shards if len(s)), None)
     if first is None:
         raise UsageError(f"{job.input}: no items to purify")
-    _check_resolution(job, read_items(Path(job.input), first, [0])[0])
+    _check_resolution(job, read_items(Path(job.input), first, [0])[0], root)
     plan = {"kind": "purify", "job": asdict(job), "identity": job.identity(),
             "assets_dir": str(root), "asset_sha256": pins(_entries(job), root),
             "nfe_per_item": nfe_per_item(job), "items": sum(len(s) for s in shards),

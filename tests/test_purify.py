@@ -538,3 +538,19 @@ def test_status_after_a_complete_run(work: Path, runs: Any) -> None:
     assert "shards: 5/5 done" in st.stdout and f"items: {N}/{N}" in st.stdout, st.stdout
     rep = harness("report", str(out), cwd=work)
     assert rep.returncode == 0 and f"{N} purified, 0 skipped" in rep.stdout, rep.stdout + rep.stderr
+
+
+def test_a_denoiser_of_another_resolution_is_refused_at_plan_time(work: Path, small: Path) -> None:
+    """A diffusers folder's config.json (in_channels, sample_size) is read before anything runs."""
+    import json
+
+    folder = work / "unet-32"
+    folder.mkdir(exist_ok=True)
+    (folder / "config.json").write_text(json.dumps({"_class_name": "UNet2DModel", "in_channels": 3,
+                                                    "sample_size": 32}))
+    out = work / "out-wrong-resolution"
+    r = harness("purify", "--input", str(small), "--output", str(out), "--purifier", "lorid",
+                "--params", json.dumps({"t_s": 0.1, "denoiser": str(folder)}), cwd=work)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "3x32x32" in r.stderr and "is 1x8x8" in r.stderr and "diffusers folder" in r.stderr, r.stderr
+    assert not out.exists() and not state_of(out).exists()
