@@ -2,7 +2,7 @@
 
 A grid expanding to N cells (default 1,000,000) is synthesised: CIFAR-10, WRN-28-10, LoRID with
 Tucker `pre` over P values of t_s, exact PGD-EOT over A values of eps (P x A = N), one shard
-per cell, so the plan has N rows. It is planned by the real CLI (`harness plan --grid G --jobs J`:
+per cell, so the plan has N rows (no profile: shards are not cut to a time limit). It is planned by the real CLI (`harness plan --grid G --jobs J`:
 grid expansion and checks, the plan written, its summary and cost table printed) in a fresh
 process. Then fresh processes read one row of that plan as an array task does
 (harness.plan.load_plan_row: first, middle and last row), and, for comparison, as tasks did
@@ -55,7 +55,6 @@ def grid_text(cells: int, sweep: str = "plan-scale") -> str:
     eps = ", ".join(repr(round((i + 1) / (10 * a), 10)) for i in range(a))
     return f"""# synthetic ({cells} cells = {p} purifiers x {a} attacks), written by benchmarks/plan_scale.py
 sweep: {sweep}
-profile: gh200
 dataset: {{name: cifar10, params: {{root: "asset:cifar10"}}}}
 classifier: {{name: wrn-28-10, params: {{path: "asset:wrn-28-10-cifar10"}}}}
 purifier: {{name: lorid, params: {{denoiser: "asset:ddpm-cifar10-32", t_s: [{ts}], loops: 3, tucker: pre}}}}

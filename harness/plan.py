@@ -21,7 +21,7 @@ from . import registry
 from .difftime import T  # noqa: F401  (re-exported: plan costs are in steps of T)
 from .errors import UsageError
 from .fsutil import atomic_write
-from .grid import HASH_SALT, Grid, cell_label, salted_hashes
+from .grid import HASH_SALT, MAX_ROWS, Grid, cell_label, salted_hashes
 from .registry import KINDS
 
 if TYPE_CHECKING:  # pandas and pyarrow load on use: a task reading its row needs no pandas
@@ -285,6 +285,10 @@ def plan_batches(grid: Grid, assets: str | Path | None = None,
         size_of = sizing.shard_sizes(grid, seconds, cell_texts)
     counts = -(-grid.examples // size_of)
     ends = np.cumsum(counts)  # row r belongs to the cell whose [end - count, end) holds it
+    if sizing is not None and len(ends) and int(ends[-1]) > MAX_ROWS:
+        raise UsageError(f"{grid.path}: sized so each task ends within {sizing.budget_s / 60:,.0f} min on "
+                         f"{sizing.where}, the plan has {int(ends[-1]):,} rows, more than {MAX_ROWS:,}; raise "
+                         "the profile's time_min, or narrow the grid or lower its attacks' steps, eot or queries")
     if float((nfe.astype(np.float64) * passes).max()) * float(size_of.max()) >= 2.0 ** 63:
         raise UsageError(f"{grid.path}: a row's estimated denoiser evaluations exceed 2^63; "
                          "lower the attack's steps, eot or queries, or the shard size")

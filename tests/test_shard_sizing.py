@@ -128,3 +128,14 @@ def test_sizing_never_grows_a_shard_past_shard_size(tmp_path: Path, shard_size: 
     _covers(plan)
     assert (plan["stop"] - plan["start"]).max() == shard_size
     assert plan.equals(make_plan(load_grid(tmp_path / "g.yaml")))  # nothing cut: the same plan
+
+
+def test_sizing_past_the_plan_row_limit_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import harness.plan as plan_module
+    from harness.errors import UsageError
+
+    write(tmp_path / "g.yaml", GRID.format(shard_size=256))
+    sizing, _ = sizing_for(load_profile(_profile(tmp_path, rate=2.0)))
+    monkeypatch.setattr(plan_module, "MAX_ROWS", 20)  # the grid's own check passed at 256 a shard
+    with pytest.raises(UsageError, match=r"the plan has \d+ rows, more than 20; raise the profile's time_min"):
+        make_plan(load_grid(tmp_path / "g.yaml"), sizing=sizing)
