@@ -33,6 +33,7 @@ import torch
 from harness import rng
 from harness.rng import ExampleNoise, derive_seed
 from harness.telemetry import machine
+from results_md import publish
 
 SHAPES = [
     ("64 digits, 1x8x8 (purifier's draw)", 64, (1, 8, 8)),
@@ -163,11 +164,7 @@ def main() -> None:
              f"Rows identical for batch sizes 1/7/64: {'yes' if same_batch and eager_batch else 'NO'}; "
              f"for 1 vs 2 ranks: {'yes' if same_ranks and eager_ranks else 'NO'} (compiled and eager)."]
     text = "\n".join(block) + "\n"
-    print(text)
-    if args.append:
-        with open(args.out, "a") as f:
-            f.write(text)
-        print(f"appended to {args.out}")
+    publish(text, args.append, args.out)
 
 
 if __name__ == "__main__":

@@ -38,8 +38,9 @@ sys.path.insert(0, str(ROOT))
 
 from harness.data.digits import arrays  # noqa: E402
 from harness.dataset_io import write_dataset  # noqa: E402
-from harness.purify_job import Purifier, finish_shard, make_job, nfe_per_item, plan_job, run_shard, shard_done  # noqa: E402
+from harness.purify_job import Purifier, make_job, nfe_per_item, plan_job, run_shard, shard_done  # noqa: E402
 from harness.telemetry import machine  # noqa: E402
+from results_md import publish  # noqa: E402
 
 LORID = {"t_s": 0.1, "loops": 3, "steps": 4}
 
@@ -59,8 +60,7 @@ def one_job(inp: Path, out: Path, batch: int, shard_items: int, precision: str, 
     if "net" not in net:
         net["net"] = Purifier.load(plan, net["device"])
     for i in range(len(plan["shards"])):
-        run_shard(plan, i, net["net"])
-        finish_shard(plan, i)
+        run_shard(plan, i, net["net"])  # finishes the shard once every item is staged
     if net["device"].startswith("cuda"):
         torch.cuda.synchronize()
     seconds = time.perf_counter() - t0
@@ -141,11 +141,7 @@ def main() -> None:
              "| batch size | runs (s) | median (s) | items/s | denoiser evaluations/s |",
              "|---|---|---|---|---|", *rows, *([cli] if cli else [])]
     text = "\n".join(block) + "\n"
-    print(text)
-    if args.append:
-        with open(args.out, "a") as f:
-            f.write(text)
-        print(f"appended to {args.out}")
+    publish(text, args.append, args.out)
 
 
 if __name__ == "__main__":

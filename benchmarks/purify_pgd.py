@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -25,6 +24,7 @@ from harness.registry import get
 from harness.rng import ExampleNoise, derive_seed
 from harness.telemetry import machine
 from harness.worker import Assets
+from results_md import publish
 
 SETTINGS = ((0.1, 3), (0.15, 3), (0.1, 6), (0.2, 3), (0.15, 6), (0.25, 2))
 
@@ -65,10 +65,7 @@ def main() -> None:
         "LoRID steps 4 (benchmarks/purify_pgd.py).\n",
         "| eps | bare on PGD | t_s | loops | purified clean | purified PGD | gap |", "|---|---|---|---|---|---|---|",
         *lines, ""]) + "\n"
-    print(text)
-    if args.append:
-        with open(Path(__file__).with_name("RESULTS.md"), "a") as f:
-            f.write(text)
+    publish(text, args.append)
 
 
 if __name__ == "__main__":

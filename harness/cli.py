@@ -41,23 +41,15 @@ class Progress:
         self.stream.flush()
 
 
-def _profile(name: str | None, grid_path: Path) -> Any:
-    """The profile a plan is sized and costed for (None without one)."""
-    if not name:
-        return None
-    from .launch.profiles import load_profile, resolve
-
-    return load_profile(resolve(name, grid_path))
-
-
 def cmd_plan(args: argparse.Namespace) -> int:
     from .catalog import assets_dir, needs, problems, refusal
     from .grid import load_grid
+    from .launch.profiles import load_named
     from .launch.sizing import calibrated_rates, sizing_for
     from .plan import SUMMARY_COLUMNS, cost_table, load_plan, summary, write_plan
 
     grid = load_grid(args.grid)
-    prof = _profile(args.profile or grid.profile, grid.path)
+    prof = load_named(args.profile or grid.profile, grid.path)
     root = assets_dir(args.assets, grid.assets)
     bad = problems(needs(grid.representative_cells), root)
     if bad and args.check_assets:
@@ -119,12 +111,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .results import shard_dir, write_report_spec
     from .worker import Assets, pending, run_row
 
+    from .launch.profiles import load_named
     from .launch.sizing import sizing_for
 
     grid = load_grid(args.grid)
     require_grid(grid, args.assets)
     # sized as `harness submit` sizes it, so that both write the same plan
-    sizing, _ = sizing_for(_profile(grid.profile, grid.path), args.jobs, grid.sweep)
+    sizing, _ = sizing_for(load_named(grid.profile, grid.path), args.jobs, grid.sweep)
     path = write_plan(grid, args.jobs, overwrite=args.overwrite, assets=args.assets, sizing=sizing)
     plan = load_plan(path)  # what was written (and what a task would read), not a second build
     print(summary(plan))
@@ -254,7 +247,10 @@ def cmd_purify(args: argparse.Namespace) -> int:
     import json
     import os
 
-    from .purify_job import finish_shard, load_job_file, make_job, plan_job, purify_report, run_shard, Purifier
+    from .launch.profiles import load_named
+    from .launch.sizing import calibrated_rates
+    from .purify_job import (Purifier, cost_line, load_job_file, make_job, plan_job, purify_report, run_shard,
+                             shard_done)
 
     fields = load_job_file(args.job) if args.job else {}
     where = args.job or "command line"
@@ -278,12 +274,8 @@ def cmd_purify(args: argparse.Namespace) -> int:
             fields[key] = entry
     job = make_job(fields, where)
     plan = plan_job(job, write=not args.dry_run)
-    from .launch.sizing import calibrated_rates
-
-    prof = _profile(args.profile, Path(where)) if args.profile else None
+    prof = load_named(args.profile, Path(where))
     measured = calibrated_rates(prof.path) if prof else None
-    from .purify_job import cost_line
-
     print(f"purify {job.input} ({job.layout}) -> {job.output}")
     print(cost_line(plan, measured[1] if measured else None, prof.gpu_tflops if prof else None))
     print(f"plan: {job.state / 'plan.json'}")
@@ -306,14 +298,11 @@ def cmd_purify(args: argparse.Namespace) -> int:
             net.append(Purifier.load(plan, args.device))
         return net[0]
 
-    from .purify_job import shard_done
-
     for i, shard in enumerate(plan["shards"]):
         if shard_done(plan, i):
             progress.advance(shard["stop"] - shard["start"], "(done before)")
             continue
-        run_shard(plan, i, load, on_items=progress.advance)
-        finish_shard(plan, i)
+        run_shard(plan, i, load, on_items=progress.advance)  # finishes the shard once every item is staged
     busy = [s["name"] for i, s in enumerate(plan["shards"]) if not shard_done(plan, i)]
     if busy:  # another process holds them: this run's output is not the whole data set yet
         print(f"harness: {len(busy)} shard(s) ({', '.join(busy[:5])}{', ...' if len(busy) > 5 else ''}) are being "
@@ -328,10 +317,10 @@ def cmd_purify(args: argparse.Namespace) -> int:
 def cmd_doctor(args: argparse.Namespace) -> int:
     from . import doctor
     from .grid import load_grid
+    from .launch.profiles import load_named
 
     grid = load_grid(args.grid) if args.grid else None
-    name = args.profile or (grid.profile if grid else None)
-    prof = _profile(name, grid.path if grid else Path("."))
+    prof = load_named(args.profile or (grid.profile if grid else None), grid.path if grid else None)
     return doctor.run(prof, grid, args.results, args.jobs, args.assets, login=args.login)
 
 

@@ -16,15 +16,14 @@ import json
 import os
 import posixpath
 import tarfile
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
 from .errors import UsageError
-from .fsutil import temporary_name
+from .fsutil import atomic_path, atomic_write
 
 LAYOUTS = ("folder", "webdataset", "parquet")
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"})
@@ -108,29 +107,6 @@ def _item(key: str, index: int, data: bytes | None, fields: dict[str, Any],
         return Item(key, index, decode_image(data), fields, digest)
     except ValueError as e:
         return Item(key, index, None, fields, digest, str(e))
-
-
-# ---------------------------------------------------------------- atomic writes
-
-@contextmanager
-def _atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temporary path beside `path` to fill; then fsync and rename it into place.
-    A crash leaves the old complete file (or none) and at most a dot-prefixed .tmp file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temporary_name(path)
-    try:
-        yield tmp
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _write_bytes(path: Path, data: bytes) -> Path:
-    with _atomic_path(path) as tmp:
-        tmp.write_bytes(data)
-    return path
 
 
 # ---------------------------------------------------------------- discovery
@@ -271,7 +247,7 @@ def _folder_read(root: Path, shard: SourceShard, positions: list[int]) -> list[I
 
 
 def _folder_write(dst: Path, root: Path, shard: SourceShard, outputs: dict[int, bytes]) -> list[Path]:
-    return [_write_bytes(dst / f"{_key_of_file(shard.files[i])}.png", outputs[i]) for i in sorted(outputs)]
+    return [atomic_write(dst / f"{_key_of_file(shard.files[i])}.png", outputs[i]) for i in sorted(outputs)]
 
 
 # ---------------------------------------------------------------- webdataset
@@ -353,7 +329,7 @@ def _tar_write(dst: Path, root: Path, shard: SourceShard, outputs: dict[int, byt
     src = root / shard.files[0]
     samples = _tar_samples(src)
     out = dst / shard.name
-    with _atomic_path(out) as tmp, tarfile.open(src, "r:") as tin, \
+    with atomic_path(out) as tmp, tarfile.open(src, "r:") as tin, \
             tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tout:
         for i in sorted(outputs):
             s = samples[i]
@@ -474,7 +450,7 @@ def _parquet_write(dst: Path, root: Path, shard: SourceShard, outputs: dict[int,
     table = table.set_column(idx, schema.field(idx), pa.array(new, type=schema.field(idx).type))
     table = table.replace_schema_metadata(schema.metadata)
     out = dst / shard.name
-    with _atomic_path(out) as tmp:
+    with atomic_path(out) as tmp:
         pq.write_table(table, tmp)
     return [out]
 
@@ -499,12 +475,12 @@ def write_dataset(dst: Path, layout: str, images: np.ndarray, labels: np.ndarray
     pngs = [encode_png(a) for a in np.asarray(images)]
     if layout == "folder":
         for i, (png, y) in enumerate(zip(pngs, labels)):
-            _write_bytes(dst / str(int(y)) / f"{i:05d}.png", png)
+            atomic_write(dst / str(int(y)) / f"{i:05d}.png", png)
         return
     for s, start in enumerate(range(0, len(pngs), shard_items)):
         part = range(start, min(start + shard_items, len(pngs)))
         if layout == "webdataset":
-            with _atomic_path(dst / f"shard-{s:06d}.tar") as tmp, \
+            with atomic_path(dst / f"shard-{s:06d}.tar") as tmp, \
                     tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tf:
                 for i in part:
                     for name, data in ((f"{i:05d}.png", pngs[i]), (f"{i:05d}.cls", str(labels[i]).encode())):
@@ -516,5 +492,5 @@ def write_dataset(dst: Path, layout: str, images: np.ndarray, labels: np.ndarray
             table = pa.table({"image": pa.array([{"bytes": pngs[i], "path": f"{i:05d}.png"} for i in part],
                                                 type=image_type),
                               "label": pa.array(labels[part.start:part.stop], type=pa.int64())}, schema=schema)
-            with _atomic_path(dst / f"part-{s:05d}.parquet") as tmp:
+            with atomic_path(dst / f"part-{s:05d}.parquet") as tmp:
                 pq.write_table(table, tmp)

@@ -18,25 +18,39 @@ def temporary_name(path: str | os.PathLike[str]) -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
 
 
+@contextmanager
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """A temporary path beside ``path`` for a writer that needs a file name (tarfile, Parquet):
+    once the block has filled it, it is fsynced and renamed into place; on an error it is
+    removed and ``path`` is left as it was (the old complete file, or none)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temporary_name(path)
+    try:
+        yield tmp
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def atomic_write(path: str | os.PathLike[str], data: bytes | str) -> Path:
     """Write through a dot-prefixed temporary name in the same directory, fsync, rename.
 
     The dot prefix and .tmp suffix keep result loaders and resume scans from ever reading
     a half-written file; a crash leaves at most such a temporary behind, never a short file.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temporary_name(path)
-    raw = data.encode("utf-8") if isinstance(data, str) else data
-    try:
-        with open(tmp, "wb") as f:
-            f.write(raw)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data.encode("utf-8") if isinstance(data, str) else data)
+    return Path(path)
+
+
+def safe_name(text: str) -> str:
+    """``text`` as one file name: every run of characters outside [A-Za-z0-9._-] becomes '_'."""
+    import re
+
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text)
 
 
 def file_digest(path: str | os.PathLike[str], algorithm: str = "sha256") -> str:

@@ -24,7 +24,6 @@ import hashlib
 import io
 import json
 import os
-import re
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -32,6 +31,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .errors import GridError, ItemError, UsageError
+from .fsutil import safe_name
 
 JOB_KEYS = ("input", "output", "layout", "purifier", "classifier", "seed", "shard_items", "batch_size",
             "on_error", "precision", "assets")
@@ -259,12 +259,20 @@ def cost_line(plan: dict[str, Any], rates: dict[str, float] | None = None, tflop
 
 # ---------------------------------------------------------------- one shard
 
-def _safe(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", name)
-
-
 def manifest_path(state: Path, shard_name: str) -> Path:
-    return state / "manifests" / (_safe(shard_name) + ".parquet")
+    return state / "manifests" / (safe_name(shard_name) + ".parquet")
+
+
+def staging_dir(state: Path, shard_name: str) -> Path:
+    """Where a shard's ranks stage their purified items until the shard is finished."""
+    return state / "staging" / safe_name(shard_name)
+
+
+def source_shard(plan: dict[str, Any], index: int) -> Any:
+    """Shard `index` of the plan as harness.dataset_io's SourceShard."""
+    from .dataset_io import SourceShard
+
+    return SourceShard(**{**plan["shards"][index], "files": tuple(plan["shards"][index]["files"])})
 
 
 def shard_done(plan: dict[str, Any], index: int) -> bool:
@@ -363,14 +371,14 @@ def run_shard(plan: dict[str, Any], index: int, net: Purifier | Callable[[], Pur
     holds this rank's slice)."""
     import numpy as np  # noqa: F401  (loaded before torch: the order the workers use)
 
-    from .dataset_io import SourceShard, read_items
+    from .dataset_io import read_items
     from .fsutil import atomic_write, file_lock
 
     job = job_of(plan)
-    shard = SourceShard(**{**plan["shards"][index], "files": tuple(plan["shards"][index]["files"])})
+    shard = source_shard(plan, index)
     if shard_done(plan, index):
         return 0
-    staging = job.state / "staging" / _safe(shard.name)
+    staging = staging_dir(job.state, shard.name)
     staging.mkdir(parents=True, exist_ok=True)
     written = 0
     with file_lock(staging / f".rank-{rank}.lock", wait=False) as state:
@@ -417,14 +425,14 @@ def finish_shard(plan: dict[str, Any], index: int) -> bool:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from .dataset_io import SourceShard, write_shard
+    from .dataset_io import write_shard
     from .fsutil import atomic_write, file_lock
 
     job = job_of(plan)
-    shard = SourceShard(**{**plan["shards"][index], "files": tuple(plan["shards"][index]["files"])})
-    staging = job.state / "staging" / _safe(shard.name)
+    shard = source_shard(plan, index)
+    staging = staging_dir(job.state, shard.name)
     manifest = manifest_path(job.state, shard.name)
-    with file_lock(staging.parent / f".{_safe(shard.name)}.finish.lock"):
+    with file_lock(staging.parent / f".{staging.name}.finish.lock"):
         if manifest.is_file():
             return True
         done = _staged(staging) if staging.is_dir() else {}
@@ -467,9 +475,8 @@ def purify_status(state: str | Path) -> str:
     skipped = sum(sum(1 for s in pq.read_table(manifest_path(job.state, plan["shards"][i]["name"]),
                                                 columns=["status"]).column("status").to_pylist()
                       if s != "purified") for i in done)
-    staged = sum(len(_staged(job.state / "staging" / _safe(s["name"])))
-                 for i, s in enumerate(plan["shards"]) if i not in set(done)
-                 and (job.state / "staging" / _safe(s["name"])).is_dir())
+    unfinished = [staging_dir(job.state, s["name"]) for i, s in enumerate(plan["shards"]) if i not in set(done)]
+    staged = sum(len(_staged(d)) for d in unfinished if d.is_dir())
     items_done = sum(plan["shards"][i]["stop"] - plan["shards"][i]["start"] for i in done)
     return (f"purify {job.input} -> {job.output}\n"
             f"shards: {len(done)}/{len(plan['shards'])} done; items: {items_done:,}/{plan['items']:,} in finished "

@@ -251,9 +251,9 @@ class FitRecord:
     lock and replaced atomically (tasks of the sweep on other nodes read and extend it)."""
 
     def __init__(self, sweep_dir: Path, device: str):
-        import re
+        from .fsutil import safe_name
 
-        self.path = sweep_dir / "_fit" / (re.sub(r"[^A-Za-z0-9._-]+", "_", device_type(device)) + ".json")
+        self.path = sweep_dir / "_fit" / (safe_name(device_type(device)) + ".json")
 
     @staticmethod
     def _key(cell: dict[str, Any]) -> str:

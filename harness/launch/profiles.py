@@ -327,3 +327,8 @@ def resolve(name_or_path: str | None, grid_file: str | Path | None = None) -> Pa
             return c
     raise UsageError(f"profile {name_or_path!r}: not found (looked at {', '.join(map(str, candidates))}); "
                      f"available: {', '.join(available()) or '(none found)'}")
+
+
+def load_named(name_or_path: str | None, grid_file: str | Path | None = None) -> Profile | None:
+    """The profile a name or path stands for (resolve, then load_profile); None without one."""
+    return load_profile(resolve(name_or_path, grid_file)) if name_or_path else None

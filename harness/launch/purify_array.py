@@ -14,13 +14,11 @@ from submitit.core.utils import DelayedSubmission
 from submitit.helpers import Checkpointable
 
 from ..devices import check_task
-from ..errors import UsageError
 from ..purify_job import Purifier, finish_shard, job_of, read_plan, run_shard, shard_done
 from ..ranks import detect
 from .profiles import Profile
-from .slurm import array_limit, chunks, make_executor, ranges, render, submit_array
-from .status import ACTIVE, failure_lines, read_submissions, shard_states
-
+from .slurm import active_shards, array_limit, chunks, make_executor, ranges, render, submit_array
+from .status import failure_lines, read_submissions, shard_states
 
 
 def shard_key(index: int) -> str:
@@ -58,18 +56,9 @@ def submit_purify(plan: dict[str, Any], prof: Profile, dry_run: bool = False, re
     job = job_of(plan)
     state = job.state
     submissions = read_submissions(state)
-    todo = [i for i in range(len(plan["shards"])) if not shard_done(plan, i)]
-    if submissions:
-        by_shard, source = shard_states(submissions, states)
-        active = {k for k, s in by_shard.items() if s in ACTIVE}
-        if source == "none" and todo:
-            raise UsageError("cannot read the scheduler's state of earlier submissions (sacct and squeue "
-                             "failed), so shards might run twice; retry where Slurm answers")
-        if active and not resume:
-            raise UsageError(f"{len(active)} shards of this job are still queued or running; see "
-                             f"`harness status {shlex.quote(str(state))}`, or pass --resume to submit only "
-                             "the shards neither done nor active")
-        todo = [i for i in todo if shard_key(i) not in active]
+    done = {i for i in range(len(plan["shards"])) if shard_done(plan, i)}
+    active = active_shards(submissions, {shard_key(i) for i in done}, resume, states, "shards of this job")
+    todo = [i for i in range(len(plan["shards"])) if i not in done and shard_key(i) not in active]
     out(f"{len(plan['shards'])} shards: {len(plan['shards']) - len(todo)} done or active, {len(todo)} to submit")
     if not todo:
         return []

@@ -26,7 +26,7 @@ from submitit.helpers import Checkpointable, DelayedSubmission
 from submitit.slurm.slurm import SlurmExecutor, _make_sbatch_string
 
 from ..errors import UsageError
-from .profiles import Profile, load_profile, resolve
+from .profiles import Profile, load_named, load_profile, resolve
 from .status import ACTIVE, SUBMISSIONS, read_submissions, shard_key, shard_states
 
 DEFAULT_MAX_ARRAY_SIZE = 1001  # Slurm's default MaxArraySize
@@ -126,20 +126,30 @@ class Selection:
 def select_rows(plan_rows: list[dict[str, Any]], results: Path, submissions: list[dict[str, Any]],
                 resume: bool, states: dict[str, str] | None = None) -> Selection:
     complete = {shard_key(r) for r in plan_rows if row_complete(r, results)}
-    active: dict[str, str] = {}
-    if submissions:
-        by_shard, source = shard_states(submissions, states)
-        if source == "none" and any(k not in complete for k in by_shard):
-            raise UsageError("cannot read the scheduler's state of earlier submissions (sacct and "
-                             "squeue failed), so rows might run twice; retry where Slurm answers")
-        active = {k: s for k, s in by_shard.items() if s in ACTIVE and k not in complete}
-        if active and not resume:
-            jobs = sorted({str(j["job_id"]) for j in submissions})
-            raise UsageError(f"{len(active)} rows of this sweep are still queued or running (jobs "
-                             f"{', '.join(jobs)}); see `harness status`, or pass --resume to submit "
-                             "only the rows that are neither done nor active")
+    active = active_shards(submissions, complete, resume, states, "rows of this sweep")
     todo = [r for r in plan_rows if shard_key(r) not in complete and shard_key(r) not in active]
     return Selection(todo, len(complete), active)
+
+
+def active_shards(submissions: list[dict[str, Any]], complete: set[str], resume: bool,
+                  states: dict[str, str] | None, what: str) -> dict[str, str]:
+    """Shard key → state of its live task, for the shards not complete, from the scheduler's
+    view of the earlier submissions (a sweep's or a purify job's). UsageError where the
+    scheduler cannot say (a shard might run twice), or where some are active and `resume`
+    was not asked for."""
+    if not submissions:
+        return {}
+    by_shard, source = shard_states(submissions, states)
+    if source == "none" and any(k not in complete for k in by_shard):
+        raise UsageError("cannot read the scheduler's state of earlier submissions (sacct and "
+                         "squeue failed), so rows might run twice; retry where Slurm answers")
+    active = {k: s for k, s in by_shard.items() if s in ACTIVE and k not in complete}
+    if active and not resume:
+        jobs = sorted({str(j["job_id"]) for j in submissions})
+        raise UsageError(f"{len(active)} {what} are still queued or running (jobs "
+                         f"{', '.join(jobs)}); see `harness status`, or pass --resume to submit "
+                         "only the rows that are neither done nor active")
+    return active
 
 
 def group_rows(rows: list[dict[str, Any]], profile: Profile) -> dict[tuple[Any, ...], list[dict[str, Any]]]:
@@ -278,11 +288,10 @@ def plan_once(grid_path: str | Path, jobs: str | Path = "jobs") -> Path:
                 raise UsageError(f"{grid_path}: changed since {plan} was planned from it; the array's "
                                  f"row numbers would mean other rows. Plan again (`harness plan`) and resubmit")
             return plan
-        from .profiles import load_profile, resolve
         from .sizing import sizing_for
 
-        prof = load_profile(resolve(grid.profile, grid.path)) if grid.profile else None
-        path = write_plan(grid, jobs, sizing=sizing_for(prof, jobs, grid.sweep)[0])  # as `harness plan` sizes it
+        # sized as `harness plan` sizes it (the grid's profile), so the array's row numbers match
+        path = write_plan(grid, jobs, sizing=sizing_for(load_named(grid.profile, grid.path), jobs, grid.sweep)[0])
         from ..results import write_report_spec
         from .task import results_dir_for
 
