@@ -7,7 +7,8 @@ to last ~20 ms) of
   - the old loop: one torch.Generator per example, one torch.randn per example, then stack
     (harness.rng before issue 13, kept here as `LegacyExampleNoise`),
   - ExampleNoise.randn_like through the compiled Philox kernel (when compile works here),
-  - the same in eager (HARNESS_RNG_COMPILE=0),
+  - the same uncompiled (HARNESS_RNG_COMPILE=0; CPU's default): numpy's uint64 on CPU,
+  - the same in torch eager ops (what a GPU whose compile failed runs; rng.NUMPY_ON_CPU off),
 and the ratios to torch.randn. Also checks that rows are identical for batch sizes 1/7/64
 and for 1 vs 2 ranks (two ExampleNoise over the two halves). Prints a Markdown table and the
 machine; --append adds them to benchmarks/RESULTS.md.
@@ -144,9 +145,15 @@ def main() -> None:
         with _Eager():
             eager = ExampleNoise(seeds, dev)
             t_eager = timed(lambda: eager.randn_like(x), args.repeat, dev)
+            rng.NUMPY_ON_CPU = False
+            try:
+                t_torch = timed(lambda: eager.randn_like(x), args.repeat, dev)
+            finally:
+                rng.NUMPY_ON_CPU = True
         us = lambda t: f"{t * 1e6:,.0f}"  # noqa: E731
         lines.append(f"| {name} | {us(t_randn)} | {us(t_loop)} ({t_loop / t_randn:.1f}x) | "
-                     f"{us(t_new)} ({t_new / t_randn:.2f}x) | {us(t_eager)} ({t_eager / t_randn:.1f}x) |")
+                     f"{us(t_new)} ({t_new / t_randn:.2f}x) | {us(t_eager)} ({t_eager / t_randn:.1f}x) | "
+                     f"{us(t_torch)} ({t_torch / t_randn:.1f}x) |")
         print(lines[-1], flush=True)
     same_batch, same_ranks = rows_check(dev)
     with _Eager():
@@ -159,8 +166,9 @@ def main() -> None:
              "the batch). Compiled path: "
              f"{status}; first draws in the process (compile, or load from the inductor cache): "
              f"{first_call_s:.1f} s.\n",
-             "| batch | torch.randn | per-example generators (before) | Philox, compiled | Philox, eager |",
-             "|---|---|---|---|---|", *lines, "",
+             "| batch | torch.randn | per-example generators (before) | Philox, compiled | "
+             f"Philox, uncompiled ({'numpy' if dev == 'cpu' else 'torch'}) | Philox, torch eager ops |",
+             "|---|---|---|---|---|---|", *lines, "",
              f"Rows identical for batch sizes 1/7/64: {'yes' if same_batch and eager_batch else 'NO'}; "
              f"for 1 vs 2 ranks: {'yes' if same_ranks and eager_ranks else 'NO'} (compiled and eager)."]
     text = "\n".join(block) + "\n"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -18,10 +19,12 @@ from harness.rng import ExampleNoise, derive_seed, tile
 SEEDS = [derive_seed("rng-test", i) for i in range(64)]
 
 
-@pytest.fixture(params=["compiled", "eager"])
+@pytest.fixture(params=["compiled", "eager", "torch-eager"])
 def path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Both paths: compiled (forced on CPU, where the default is eager) and eager."""
+    """Every path: compiled (forced on CPU, where the default is uncompiled), uncompiled (numpy
+    on CPU) and uncompiled in torch ops (what a GPU whose compile failed runs)."""
     monkeypatch.setenv(rng.COMPILE_ENV, "1" if request.param == "compiled" else "0")
+    monkeypatch.setattr(rng, "NUMPY_ON_CPU", request.param != "torch-eager")
     return request.param
 
 
@@ -64,6 +67,28 @@ def test_philox_known_answers(paired: bool) -> None:
         words = [torch.tensor([v], dtype=torch.int64) for v in (*ctr, *key)]
         out = rng.philox4x32(*words, paired=paired)
         assert [int(w) for w in out] == list(expected)
+
+
+def test_philox_known_answers_numpy() -> None:
+    """The numpy form (CPU's uncompiled draw), on a batch of the three vectors at once."""
+    ctr = np.array([c for c, _, _ in RANDOM123_KAT], dtype=np.uint64).T  # [4, 3]
+    key = np.array([k for _, k, _ in RANDOM123_KAT], dtype=np.uint64).T  # [2, 3]
+    even, odd = rng.philox4x32_np(ctr, key)
+    got = np.stack((even[0], odd[0], even[1], odd[1]), -1)
+    assert got.tolist() == [list(e) for _, _, e in RANDOM123_KAT]
+
+
+@pytest.mark.parametrize("rows,blocks", [(1, 1), (2, 1), (1, 300), (7, 2), (64, 16), (300, 257)])
+@pytest.mark.parametrize("kind", ["normal", "uniform"])
+def test_numpy_and_torch_eager_agree_bit_for_bit(kind: str, rows: int, blocks: int,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    key = torch.tensor(rng._key_words([derive_seed("kat", i) for i in range(rows)]), dtype=torch.int64)
+    start = torch.arange(rows, dtype=torch.int64) * 1_000_003 + (1 << 32) - 5  # crosses 2**32
+    with_numpy, _ = rng.draw(kind, key, start, blocks, compiled=False)
+    monkeypatch.setattr(rng, "NUMPY_ON_CPU", False)
+    with_torch, _ = rng.draw(kind, key, start, blocks, compiled=False)
+    assert with_numpy.dtype == torch.float32 and with_numpy.shape == (rows, 4 * blocks)
+    assert torch.equal(with_numpy, with_torch)
 
 
 def test_first_uniforms_are_the_known_block(path: str) -> None:
