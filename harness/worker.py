@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -15,6 +16,7 @@ from typing import Any, Callable
 import numpy as np
 
 from . import registry
+from .batching import BatchFit, FitRecord, combination_key, gauge_for
 from .catalog import assets_dir, is_ref, needs, resolve_params, stage_record
 from .results import (cell_file_bytes, param_fields, param_values, part_path, provenance, rank_lock,
                       rank_lock_holder, remove_stale_temporaries, row_schema, scan_shard, shard_dir,
@@ -181,39 +183,38 @@ def _run_locked(plan_row: dict[str, Any], results_dir: Path, out_dir: Path, asse
         "device": str(assets.device), "precision": precision, **provenance(), **param_values(cell, fields),
     }
     written, i = 0, 0
-    # Out of device memory: first keep no activations for the backward pass (checkpointing),
-    # then halve the batch and retry (nothing of a failed batch was written; rows do not
-    # depend on the batch size). What fits is kept for the rest of this process's rows.
-    # What fits is also kept per device type beside the sweep's results, so the next task on
-    # such a device starts there instead of running out of memory again.
+    # The batch: found as it runs, kept per process and per device type (harness.batching).
     fit_key = f"fit:{assets.device}:{combination_key(cell)}"
-    fits = FitRecord(results_dir / plan_row["sweep"], assets.device)
-    bs, checkpoint = assets.cache.get(fit_key) or fits.get(cell) or (
-        int(plan_row["batch_size"]), str(assets.device).startswith("cpu"))
-    bs = min(bs, int(plan_row["batch_size"]))
-    model.purifier.checkpoint = checkpoint
+    record = FitRecord(results_dir / plan_row["sweep"], assets.device)
+    gauge = gauge_for(assets.device)
+    # Checkpointing starts off where memory can be watched (a GPU: activations kept, faster),
+    # on where it cannot (CPU: no gauge, and host memory is shared with everything else).
+    fit = assets.cache.get(fit_key) or record.get(cell) or BatchFit(int(plan_row["batch_size"]), gauge is None)
+    if gauge is None:  # nothing to measure memory by: the grid's batch is the most
+        fit.batch = min(fit.batch, int(plan_row["batch_size"]))
+    assets.cache[fit_key] = fit
+    model.purifier.checkpoint = fit.checkpoint
     while i < len(todo):
-        examples = todo[i:i + bs]
+        examples = todo[i:i + fit.batch]
         idx = order[np.asarray(examples)]
         x, y = data.take(idx)
         batch = Batch(examples, idx.tolist(), to_device(x, assets.device), to_device(y, assets.device))
+        baseline = gauge.start() if gauge else 0
+        started = time.perf_counter()
         try:
             rows = evaluate_batch(model, batch, cell=plan_row["cell"], attack_fn=attack_fn,
                                   attack_params=attack["params"], eval_runs=cell["eval_runs"], seed=cell["seed"])
         except torch.OutOfMemoryError:
+            # Nothing of a failed batch was written, and rows do not depend on the batch size.
             del batch
-            if model.purifier.checkpoint and bs == 1:
+            if not fit.after_oom():
                 raise
-            if not model.purifier.checkpoint:
-                model.purifier.checkpoint = True
-            else:
-                bs //= 2
-            assets.cache[fit_key] = (bs, model.purifier.checkpoint)
-            fits.put(cell, bs, model.purifier.checkpoint)
+            model.purifier.checkpoint = fit.checkpoint
+            record.put(cell, fit)
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
             print(f"harness: out of memory on {assets.device} at {len(examples)} examples; retrying with "
-                  f"batch {bs}, checkpointing {'on' if model.purifier.checkpoint else 'off'}", file=sys.stderr)
+                  f"batch {fit.batch}, checkpointing {'on' if fit.checkpoint else 'off'}", file=sys.stderr)
             continue
         write_part([{**constant, **r, "grad_checkpoint": bool(model.purifier.checkpoint)} for r in rows],
                    part_path(out_dir, rank, examples[0]), schema)
@@ -221,72 +222,13 @@ def _run_locked(plan_row: dict[str, Any], results_dir: Path, out_dir: Path, asse
         i += len(examples)
         if on_batch:
             on_batch(len(examples))
+        if gauge is not None:
+            good = fit.good
+            grew = fit.after_success(len(examples), baseline=baseline, peak=gauge.peak(), usable=gauge.usable(),
+                                     seconds=time.perf_counter() - started, left=len(todo) - i)
+            if fit.good != good:
+                record.put(cell, fit)
+            if grew:
+                print(f"harness: {len(examples)} examples peaked at {gauge.peak() / 2**30:.2f} GiB on "
+                      f"{assets.device}; batch grows to {fit.batch}", file=sys.stderr)
     return written
-
-
-#: What a cell's memory, cost and ability to run do not depend on: its seeds and sizes.
-_NOT_COMBINATION = ("seed", "data_seed", "eval_runs", "examples")
-
-
-def combination_key(cell: dict[str, Any]) -> str:
-    """The cell as a (data set, classifier, purifier, attack, precision) combination: what
-    decides whether a batch fits (the worker's memory fallback) and whether it runs at all
-    (the preflight), seeds aside."""
-    return json.dumps({k: v for k, v in cell.items() if k not in _NOT_COMBINATION}, sort_keys=True)
-
-
-def device_type(device: str) -> str:
-    """What memory fits are shared by: the GPU's model (torch's name for it) or the torch device type."""
-    import torch
-
-    if str(device).startswith("cuda") and torch.cuda.is_available():
-        index = torch.device(device).index
-        return torch.cuda.get_device_name(torch.cuda.current_device() if index is None else index)
-    return torch.device(device).type
-
-
-class FitRecord:
-    """The largest (batch, checkpointing) that fitted each combination on one device type, found
-    by the out-of-memory fallback: <results>/<sweep>/_fit/<device type>.json, merged under a
-    lock and replaced atomically (tasks of the sweep on other nodes read and extend it)."""
-
-    def __init__(self, sweep_dir: Path, device: str):
-        from .fsutil import safe_name
-
-        self.path = sweep_dir / "_fit" / (safe_name(device_type(device)) + ".json")
-
-    @staticmethod
-    def _key(cell: dict[str, Any]) -> str:
-        import hashlib
-
-        return hashlib.sha256(combination_key(cell).encode()).hexdigest()[:16]
-
-    def _read(self) -> dict[str, Any]:
-        try:
-            doc = json.loads(self.path.read_text())
-        except (OSError, ValueError):
-            return {}  # none yet, or unreadable: the fallback finds the fit again
-        return doc if isinstance(doc, dict) else {}
-
-    def get(self, cell: dict[str, Any]) -> tuple[int, bool] | None:
-        entry = self._read().get(self._key(cell))
-        try:
-            return (int(entry["batch"]), bool(entry["checkpoint"])) if entry and int(entry["batch"]) >= 1 else None
-        except (KeyError, TypeError, ValueError):
-            return None
-
-    def put(self, cell: dict[str, Any], batch: int, checkpoint: bool) -> None:
-        from .fsutil import atomic_write, file_lock
-
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            with file_lock(self.path.with_suffix(".lock"), wait=True):
-                doc = self._read()
-                old = doc.get(self._key(cell)) or {}
-                if old and int(old.get("batch", 0)) <= batch and (old.get("checkpoint") or not checkpoint):
-                    return  # another task already found a smaller fit
-                doc[self._key(cell)] = {"batch": batch, "checkpoint": checkpoint,
-                                        "combination": json.loads(combination_key(cell))}
-                atomic_write(self.path, (json.dumps(doc, indent=1, sort_keys=True) + "\n").encode())
-        except OSError as exc:  # a record we cannot write costs a retry later, never the rows
-            print(f"harness: could not record the batch that fits in {self.path}: {exc}", file=sys.stderr)

@@ -138,7 +138,8 @@ def test_out_of_memory_turns_checkpointing_on_then_halves_the_batch(tiny_grid, t
     from analysis.aggregate import load_results
     from harness.grid import load_grid
     from harness.plan import make_plan
-    from harness.worker import Assets, combination_key, run_row
+    from harness.batching import BatchFit, combination_key
+    from harness.worker import Assets, run_row
 
     plan = make_plan(load_grid(tiny_grid))
     real = evaluate.evaluate_batch
@@ -153,7 +154,7 @@ def test_out_of_memory_turns_checkpointing_on_then_halves_the_batch(tiny_grid, t
     row = plan.iloc[0].to_dict()
     plain = run_row(row, tmp_path / "plain", Assets())
     assets = Assets()  # as on a GPU: no checkpointing to start with
-    assets.cache[f"fit:cpu:{combination_key(json.loads(row['cell_json']))}"] = (4, False)
+    assets.cache[f"fit:cpu:{combination_key(json.loads(row['cell_json']))}"] = BatchFit(4, False)
     monkeypatch.setattr(evaluate, "evaluate_batch", tight)
     tight_rows = run_row(row, tmp_path / "tight", assets)
     assert tight_rows == plain > 0

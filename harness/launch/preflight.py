@@ -23,8 +23,8 @@ from typing import Any
 
 def combinations(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One cell per distinct (dataset, classifier, purifier, attack), in grid order
-    (harness.worker.combination_key)."""
-    from ..worker import combination_key
+    (harness.batching.combination_key)."""
+    from ..batching import combination_key
 
     seen: dict[str, dict[str, Any]] = {}
     for cell in cells:
