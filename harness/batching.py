@@ -23,9 +23,12 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol, Sequence, TypeVar
+
+T = TypeVar("T")
 
 HEADROOM = 0.85          # of the device's usable memory a batch's predicted peak may use
 GROWTH = 4               # at most this factor per step (the memory model is linear, roughly)
@@ -133,6 +136,58 @@ class BatchFit:
         return True
 
 
+def start_fit(record: "FitRecord", cell: dict[str, Any], batch_size: int, gauge: MemoryGauge | None,
+              cache: dict[str, Any] | None = None, cache_key: str = "", gradients: bool = True) -> BatchFit:
+    """Where a loop's batch search starts: this process's fit for the combination, else the
+    record's, else the asked `batch_size` (checkpointing off where a gauge can watch memory).
+    Without a gauge, never more than `batch_size`. gradients=False (purification alone, under
+    inference_mode): no activations are kept to begin with, so out of memory halves at once."""
+    fit = (cache or {}).get(cache_key) or record.get(cell) or BatchFit(batch_size, gauge is None or not gradients)
+    if gauge is None:
+        fit.batch = min(fit.batch, batch_size)
+    if cache is not None:
+        cache[cache_key] = fit
+    return fit
+
+
+def run_batches(todo: Sequence[T], step: Callable[[Sequence[T]], None], fit: BatchFit, *,
+                gauge: MemoryGauge | None, record: "FitRecord", cell: dict[str, Any], device: str,
+                on_checkpoint: Callable[[bool], None] = lambda on: None) -> None:
+    """Call `step` on successive batches of `todo` of fit.batch items until every item is done,
+    growing and stepping back as the module says. `step` must leave nothing behind when it
+    raises (the evaluation loop writes a batch's rows only once they are all computed)."""
+    import torch
+
+    i = 0
+    while i < len(todo):
+        chunk = todo[i:i + fit.batch]
+        baseline = gauge.start() if gauge is not None else 0
+        started = time.perf_counter()
+        try:
+            step(chunk)
+        except torch.OutOfMemoryError:
+            if not fit.after_oom():
+                raise
+            on_checkpoint(fit.checkpoint)
+            record.put(cell, fit)
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            print(f"harness: out of memory on {device} at {len(chunk)} items; retrying with batch {fit.batch}, "
+                  f"checkpointing {'on' if fit.checkpoint else 'off'}", file=sys.stderr)
+            continue
+        i += len(chunk)
+        if gauge is None:
+            continue
+        good, peak = fit.good, gauge.peak()
+        grew = fit.after_success(len(chunk), baseline=baseline, peak=peak, usable=gauge.usable(),
+                                 seconds=time.perf_counter() - started, left=len(todo) - i)
+        if fit.good != good:
+            record.put(cell, fit)
+        if grew:
+            print(f"harness: {len(chunk)} items peaked at {peak / 2**30:.2f} GiB on {device}; "
+                  f"batch grows to {fit.batch}", file=sys.stderr)
+
+
 class FitRecord:
     """What fitted each combination on one device type: <results>/<sweep>/_fit/<device type>.json,
     {key: {batch, checkpoint, fail, combination}}, merged under a lock and replaced atomically
@@ -148,11 +203,9 @@ class FitRecord:
         return hashlib.sha256(combination_key(cell).encode()).hexdigest()[:16]
 
     def _read(self) -> dict[str, Any]:
-        try:
-            doc = json.loads(self.path.read_text())
-        except (OSError, ValueError):
-            return {}  # none yet, or unreadable: the search finds the fit again
-        return doc if isinstance(doc, dict) else {}
+        from .fsutil import read_json
+
+        return read_json(self.path) or {}  # none yet, or unreadable: the search finds the fit again
 
     def get(self, cell: dict[str, Any]) -> BatchFit | None:
         entry = self._read().get(self._key(cell))

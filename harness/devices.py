@@ -141,14 +141,13 @@ def check_task(record_dir: Any = None, nvml: Any = None) -> None:
 
 def recorded_failures(record_dir: Any) -> dict[str, dict[str, Any]]:
     """task id → its recorded failure (check_task), for `harness status`."""
-    import json
     from pathlib import Path
+
+    from .fsutil import read_json
 
     out = {}
     for f in sorted((Path(record_dir) / FAILURES).glob("*.json")):
-        try:
-            doc = json.loads(f.read_text())
+        doc = read_json(f)
+        if doc is not None and "task" in doc:
             out[str(doc["task"])] = doc
-        except (OSError, ValueError, KeyError):
-            continue
     return out

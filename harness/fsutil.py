@@ -46,6 +46,19 @@ def atomic_write(path: str | os.PathLike[str], data: bytes | str) -> Path:
     return Path(path)
 
 
+def read_json(path: str | os.PathLike[str]) -> dict | None:
+    """A JSON object file's contents, or None where there is none, it is unreadable, or it holds
+    something else: for records a later run rebuilds (fits, calibrations, failure notes), which
+    never stop a run by being missing or torn."""
+    import json
+
+    try:
+        doc = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
 def safe_name(text: str) -> str:
     """``text`` as one file name: every run of characters outside [A-Za-z0-9._-] becomes '_'."""
     import re

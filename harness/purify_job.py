@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from .batching import FitRecord, combination_key, gauge_for, run_batches, start_fit
 from .errors import GridError, ItemError, UsageError
 from .fsutil import safe_name
 
@@ -364,6 +365,9 @@ def _part_bytes(rows: list[dict[str, Any]]) -> bytes:
     return buf.getvalue()
 
 
+_FITS: dict[str, Any] = {}  # the batch that fits, per device and job combination, in this process
+
+
 def run_shard(plan: dict[str, Any], index: int, net: Purifier | Callable[[], Purifier], rank: int = 0,
               world: int = 1, on_items: Callable[[int], None] | None = None) -> int:
     """Purify and stage this rank's missing items of shard `index`, then finish the shard if
@@ -389,8 +393,9 @@ def run_shard(plan: dict[str, Any], index: int, net: Purifier | Callable[[], Pur
         todo = [p for p in range(rank, len(shard), world) if p not in done]
         if todo and not isinstance(net, Purifier):
             net = net()
-        for b in range(0, len(todo), job.batch_size):
-            positions = todo[b:b + job.batch_size]
+
+        def step(positions: list[int]) -> None:
+            nonlocal written
             items = read_items(Path(job.input), shard, positions)
             rows: list[dict[str, Any]] = []
             good = [i for i in items if i.error is None]
@@ -413,6 +418,15 @@ def run_shard(plan: dict[str, Any], index: int, net: Purifier | Callable[[], Pur
             written += len(positions)
             if on_items:
                 on_items(len(positions))
+
+        if todo:  # the batch grows on a GPU and steps back out of memory (harness.batching)
+            device = str(net.device)  # type: ignore[union-attr]
+            combination = {"purifier": job.purifier, "classifier": job.classifier, "precision": job.precision}
+            record = FitRecord(job.state, device)
+            gauge = gauge_for(device)
+            fit = start_fit(record, combination, job.batch_size, gauge, _FITS, device + combination_key(combination),
+                            gradients=False)
+            run_batches(todo, step, fit, gauge=gauge, record=record, cell=combination, device=device)
     finish_shard(plan, index)
     return written
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -16,7 +15,7 @@ from typing import Any, Callable
 import numpy as np
 
 from . import registry
-from .batching import BatchFit, FitRecord, combination_key, gauge_for
+from .batching import FitRecord, combination_key, gauge_for, run_batches, start_fit
 from .catalog import assets_dir, is_ref, needs, resolve_params, stage_record
 from .results import (cell_file_bytes, param_fields, param_values, part_path, provenance, rank_lock,
                       rank_lock_holder, remove_stale_temporaries, row_schema, scan_shard, shard_dir,
@@ -144,8 +143,6 @@ def run_row(plan_row: dict[str, Any], results_dir: str | Path, assets: Assets, *
 
 def _run_locked(plan_row: dict[str, Any], results_dir: Path, out_dir: Path, assets: Assets, rank: int,
                 world: int, cell_examples: int | None, on_batch: Callable[[int], None] | None) -> int:
-    import torch
-
     from .data.base import selection
     from .evaluate import Batch, evaluate_batch
     from .precision import configure_backends, to_device
@@ -182,53 +179,27 @@ def _run_locked(plan_row: dict[str, Any], results_dir: Path, out_dir: Path, asse
         "cell_examples": int(cell_examples or plan_row["stop"]), "eval_runs": cell["eval_runs"],
         "device": str(assets.device), "precision": precision, **provenance(), **param_values(cell, fields),
     }
-    written, i = 0, 0
-    # The batch: found as it runs, kept per process and per device type (harness.batching).
-    fit_key = f"fit:{assets.device}:{combination_key(cell)}"
-    record = FitRecord(results_dir / plan_row["sweep"], assets.device)
-    gauge = gauge_for(assets.device)
-    # Checkpointing starts off where memory can be watched (a GPU: activations kept, faster),
-    # on where it cannot (CPU: no gauge, and host memory is shared with everything else).
-    fit = assets.cache.get(fit_key) or record.get(cell) or BatchFit(int(plan_row["batch_size"]), gauge is None)
-    if gauge is None:  # nothing to measure memory by: the grid's batch is the most
-        fit.batch = min(fit.batch, int(plan_row["batch_size"]))
-    assets.cache[fit_key] = fit
-    model.purifier.checkpoint = fit.checkpoint
-    while i < len(todo):
-        examples = todo[i:i + fit.batch]
+    written = 0
+
+    def step(examples: list[int]) -> None:
+        nonlocal written
         idx = order[np.asarray(examples)]
         x, y = data.take(idx)
         batch = Batch(examples, idx.tolist(), to_device(x, assets.device), to_device(y, assets.device))
-        baseline = gauge.start() if gauge else 0
-        started = time.perf_counter()
-        try:
-            rows = evaluate_batch(model, batch, cell=plan_row["cell"], attack_fn=attack_fn,
-                                  attack_params=attack["params"], eval_runs=cell["eval_runs"], seed=cell["seed"])
-        except torch.OutOfMemoryError:
-            # Nothing of a failed batch was written, and rows do not depend on the batch size.
-            del batch
-            if not fit.after_oom():
-                raise
-            model.purifier.checkpoint = fit.checkpoint
-            record.put(cell, fit)
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-            print(f"harness: out of memory on {assets.device} at {len(examples)} examples; retrying with "
-                  f"batch {fit.batch}, checkpointing {'on' if fit.checkpoint else 'off'}", file=sys.stderr)
-            continue
+        rows = evaluate_batch(model, batch, cell=plan_row["cell"], attack_fn=attack_fn,
+                              attack_params=attack["params"], eval_runs=cell["eval_runs"], seed=cell["seed"])
         write_part([{**constant, **r, "grad_checkpoint": bool(model.purifier.checkpoint)} for r in rows],
                    part_path(out_dir, rank, examples[0]), schema)
         written += len(rows)
-        i += len(examples)
         if on_batch:
             on_batch(len(examples))
-        if gauge is not None:
-            good = fit.good
-            grew = fit.after_success(len(examples), baseline=baseline, peak=gauge.peak(), usable=gauge.usable(),
-                                     seconds=time.perf_counter() - started, left=len(todo) - i)
-            if fit.good != good:
-                record.put(cell, fit)
-            if grew:
-                print(f"harness: {len(examples)} examples peaked at {gauge.peak() / 2**30:.2f} GiB on "
-                      f"{assets.device}; batch grows to {fit.batch}", file=sys.stderr)
+
+    # The batch: found as it runs, kept per process and per device type (harness.batching).
+    record = FitRecord(results_dir / plan_row["sweep"], assets.device)
+    gauge = gauge_for(assets.device)
+    fit = start_fit(record, cell, int(plan_row["batch_size"]), gauge, assets.cache,
+                    f"fit:{assets.device}:{combination_key(cell)}")
+    model.purifier.checkpoint = fit.checkpoint
+    run_batches(todo, step, fit, gauge=gauge, record=record, cell=cell, device=str(assets.device),
+                on_checkpoint=lambda on: setattr(model.purifier, "checkpoint", on))
     return written

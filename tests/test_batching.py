@@ -182,3 +182,55 @@ def test_record_merge() -> None:
     assert _merge(rec(64, False), BatchFit(8, True, None)) == rec(8, True)  # checkpointing on wins
     assert _merge(rec(8, True), BatchFit(64, False, None, 64)) == rec(8, True)
     assert _merge(rec(4, True, 8), BatchFit(2, True, 4)) == rec(2, True, 4)
+
+
+def test_purify_job_steps_back_out_of_memory_and_grows_on_a_gauge(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """`harness purify`'s shards use the same search: out of memory halves at once (no gradients,
+    so no checkpointing to turn on); with a gauge the batch grows; the output bytes are those of
+    a run that never ran out."""
+    import numpy as np
+
+    import harness.purify_job as pj
+    from harness.data.digits import arrays
+    from harness.dataset_io import write_dataset
+
+    x, y = arrays("test")
+    u8 = np.round(x[:40, 0] * 255).astype(np.uint8)[..., None]
+    write_dataset(tmp_path / "in", "folder", u8, y[:40])
+
+    def run(name: str) -> dict[str, bytes]:
+        job = pj.make_job({"input": str(tmp_path / "in"), "output": str(tmp_path / name),
+                           "purifier": {"name": "lorid", "params": {"t_s": 0.05, "loops": 1, "steps": 2}},
+                           "batch_size": 8})
+        plan = pj.plan_job(job)
+        net = pj.Purifier.load(plan, "cpu")
+        for i in range(len(plan["shards"])):
+            pj.run_shard(plan, i, net)
+        return {str(p.relative_to(tmp_path / name)): p.read_bytes()
+                for p in sorted((tmp_path / name).rglob("*")) if p.is_file()}
+
+    plain = run("plain")
+    real = pj._purify_group
+    seen: list[int] = []
+
+    def tight(net, plan, items):  # holds 3 items at most
+        seen.append(len(items))
+        if len(items) > 3:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real(net, plan, items)
+
+    monkeypatch.setattr(pj, "_purify_group", tight)
+    monkeypatch.setattr(pj, "_FITS", {})
+    assert run("tight") == plain
+    assert seen[:3] == [8, 4, 2] and set(seen[3:]) <= {2}, seen  # 8 -> 4 -> 2, then 2 throughout
+    (entry,) = json.loads((tmp_path / "tight.purify" / "_fit" / "cpu.json").read_text()).values()
+    assert (entry["batch"], entry["fail"]) == (2, 4)
+
+    dev = FakeDevice(lambda n: 100 * n, capacity=BASE + 100 * 1000)
+    seen.clear()
+    monkeypatch.setattr(pj, "_FITS", {})
+    monkeypatch.setattr(pj, "_purify_group", lambda net, plan, items: seen.append(len(items)) or real(net, plan, items))
+    monkeypatch.setattr(pj, "gauge_for", lambda device: dev)
+    assert run("grown") == plain
+    assert seen[:2] == [8, 32], seen  # x4 after the first batch

@@ -154,11 +154,9 @@ def calibration_path(profile_path: str | Path) -> Path:
 
 def read_calibration(profile_path: str | Path) -> dict[str, Any] | None:
     """The profile's calibration, or None (never measured, or unreadable: rates are assumed)."""
-    f = calibration_path(profile_path)
-    try:
-        return json.loads(f.read_text()) if f.is_file() else None
-    except (OSError, ValueError):
-        return None
+    from ..fsutil import read_json
+
+    return read_json(calibration_path(profile_path))
 
 
 def write_calibration(profile_path: str | Path, rates: dict[str, Any]) -> Path:
