@@ -124,6 +124,48 @@ def pgd_step(device: str, batch: int, eot: int, repeat: int, loops: int = 3, ste
     return lines
 
 
+def batch_search(device: str, total: int, start: int, loops: int, steps: int) -> list[str]:
+    """The worker's batch search (harness.batching.run_batches with the device's memory gauge) on
+    exact-gradient PGD steps through LoRID (CIFAR-10 UNet) and a WRN-28-10, bf16, `total`
+    examples from a batch of `start`: the sizes it went through, out-of-memory retries, and the
+    peak memory of its last full batch. On CPU there is no gauge and the batch stays."""
+    import tempfile
+
+    from harness.batching import FitRecord, gauge_for, run_batches, start_fit
+
+    eps = Network(UNetEps(build("ddpm-cifar10-32").to(device)), "bf16", device)
+    clf = Network(build("wrn-28-10").to(device).eval(), "bf16", device)
+    pur = Purifier(PurifierConfig(rounds=[0.1] * loops, steps=steps), eps).to(device)
+    sizes: list[tuple[int, bool]] = []
+
+    def step(chunk) -> None:
+        sizes.append((len(chunk), pur.checkpoint))
+        n = len(chunk)
+        v = torch.rand(n, 3, 32, 32, device=device, requires_grad=True)
+        y = torch.randint(0, 10, (n,), device=device)
+        loss = torch.nn.functional.cross_entropy(clf(pur(v, ExampleNoise(list(chunk), device))), y)
+        (g,) = torch.autograd.grad(loss, v)
+        assert torch.isfinite(g).all()
+
+    gauge = gauge_for(device)
+    cell = {"check": "gpu_check batch search", "loops": loops, "steps": steps}
+    with tempfile.TemporaryDirectory() as tmp:
+        record = FitRecord(Path(tmp), device)
+        fit = start_fit(record, cell, start, gauge)
+        pur.checkpoint = fit.checkpoint
+        t0 = datetime.datetime.now()
+        run_batches(list(range(total)), step, fit, gauge=gauge, record=record, cell=cell, device=device,
+                    on_checkpoint=lambda on: setattr(pur, "checkpoint", on))
+        seconds = (datetime.datetime.now() - t0).total_seconds()
+        kept = record._read()
+    usable = f"{gauge.usable() / 2**30:.1f} GiB usable" if gauge else "no gauge (CPU): the batch stays"
+    path = " → ".join(f"{n}{' (ckpt)' if c else ''}" for n, c in sizes)
+    entry = next(iter(kept.values()), {})
+    return [f"| batch search, PGD step through LoRID ({loops}×{steps}) + WRN-28-10, {total} examples from {start} | "
+            f"{path} | {usable}; kept batch {entry.get('batch', fit.batch)}, failed at {entry.get('fail')}; "
+            f"{total / seconds:,.1f} image-gradients/s overall |"]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dry", action="store_true", help="tiny sizes on CPU: check that the script runs")
@@ -132,10 +174,11 @@ def main() -> None:
     device = "cuda:0" if torch.cuda.is_available() and not args.dry else "cpu"
     configure_backends(device, "bf16")
     if args.dry:
-        sizes = dict(n=64, cifar=[2], guided=[1], batch=2, eot=1, repeat=1, guided_arch=None, loops=1, steps=2)
+        sizes = dict(n=64, cifar=[2], guided=[1], batch=2, eot=1, repeat=1, guided_arch=None, loops=1, steps=2,
+                     search_total=4, search_start=2)
     else:
         sizes = dict(n=4096, cifar=[64, 256, 1024], guided=[4, 16, 32], batch=64, eot=4, repeat=3,
-                     guided_arch="guided-256-uncond", loops=3, steps=5)
+                     guided_arch="guided-256-uncond", loops=3, steps=5, search_total=2048, search_start=16)
     lines = agreement(device, sizes["n"])
     lines += ["", "| network | precision | batch | denoiser evals/s | achieved | of bf16 peak |",
               "|---|---|---|---|---|---|"]
@@ -144,6 +187,8 @@ def main() -> None:
         lines += throughput(device, sizes["guided_arch"], sizes["guided"], sizes["repeat"])
     lines += ["", "| step | setting | throughput | memory |", "|---|---|---|---|"]
     lines += pgd_step(device, sizes["batch"], sizes["eot"], sizes["repeat"], sizes["loops"], sizes["steps"])
+    lines += ["", "| check | sizes | result |", "|---|---|---|"]
+    lines += batch_search(device, sizes["search_total"], sizes["search_start"], sizes["loops"], sizes["steps"])
     stamp = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
     head = f"\n## GPU check{' (DRY RUN on CPU: sizes too small to mean anything)' if args.dry else ''} — {stamp}, {machine(device)}\n"
     text = "\n".join([head, "| check | value | |", "|---|---|---|", *lines, ""])

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every GPU check in one run (issue 13's, bounded to 5 minutes, then issue 14's purify items/s,
+# Every GPU check in one run (issue 13's, the batch search included, bounded to 5 minutes, then issue 14's purify items/s,
 # bounded to 2), appending to benchmarks/RESULTS.md.
 # Run from the repository root on a machine with a GPU: bash benchmarks/gpu_check.sh
 set -euo pipefail

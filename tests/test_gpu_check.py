@@ -13,3 +13,4 @@ def test_gpu_check_dry_run() -> None:
     assert r.returncode == 0, r.stderr[-3000:]
     assert "predictions agree" in r.stdout and "| ddpm-cifar10-32 | bf16 |" in r.stdout
     assert r.stdout.split("## GPU check")[1].count("| PGD-EOT step") == 2  # with and without checkpointing
+    assert "| batch search, PGD step through LoRID" in r.stdout and "no gauge (CPU): the batch stays" in r.stdout
