@@ -381,8 +381,11 @@ def test_purification_recovers_much_of_the_pgd_accuracy(pgd: SimpleNamespace) ->
 
 # The criterion "purified PGD accuracy within 10 points of the clean purified accuracy" is
 # not met by the bundled 8x8 models at any budget where PGD breaks the bare classifier (<= 10 %):
-# benchmarks/purify_pgd.py measures the gap at 26-46 points over LoRID settings (RESULTS.md). The
-# assertion above (purification recovers >= 30 points) is what holds; the gap is a finding, not a test.
+# benchmarks/purify_pgd.py measures the gap at 24-46 points over LoRID settings, and 11.6 points
+# even for PGD stopped per example at the first margin-0.5 misclassification (RESULTS.md). A DDPM
+# trained 3x longer (12,000 steps) gave 8.3 points in the benchmark but 10.7 in this test's draw:
+# at the edge, so not adopted as a pass. The assertion above (purification recovers >= 30 points)
+# is what holds; the gap is a finding, not a test.
 
 
 # ---------------------------------------------------------------- 4. a corrupt input item
