@@ -168,6 +168,12 @@ def run_batches(todo: Sequence[T], step: Callable[[Sequence[T]], None], fit: Bat
         except torch.OutOfMemoryError:
             if not fit.after_oom():
                 raise
+            retry = True
+        else:
+            retry = False
+        if retry:
+            # Outside the except clause the traceback no longer holds the failed batch's frames:
+            # its tensors are freed before the cache is emptied and the retry starts.
             on_checkpoint(fit.checkpoint)
             record.put(cell, fit)
             if torch.cuda.is_available():
