@@ -105,11 +105,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .catalog import require_grid
     from .grid import load_grid
     from .plan import load_plan, summary, write_plan
-    from .launch.task import mark_complete, write_telemetry
-    from .telemetry import GpuMonitor
+    from .launch.task import mark_complete, run_row_recorded
     from .ranks import World, configure_threads
     from .results import shard_dir, write_report_spec
-    from .worker import Assets, pending, run_row
+    from .worker import Assets, pending
 
     from .launch.profiles import load_named
     from .launch.sizing import sizing_for
@@ -131,16 +130,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         print("every row is already complete; nothing to run")
     configure_threads()  # from the cores this process owns, as every array task does
     assets = Assets.for_plan_row(rows[0], args.device)
-    gpu_index = int(args.device.split(":")[1]) if args.device.startswith("cuda:") else (
-        0 if args.device == "cuda" else None)
     for r in rows:
-        out = shard_dir(results, r["sweep"], r["cell"], r["shard"])
-        with GpuMonitor(gpu_index) as gpu:
-            written = run_row(r, results, assets, cell_examples=int(r["cell_examples"]),
-                              on_batch=lambda n, r=r: progress.advance(n, f"· {r['label']} · {r['attack_label']}"))
-        if written:
-            write_telemetry(out, 0, written, args.device, gpu)
-        mark_complete(r, out, World(), written)
+        written = run_row_recorded(r, results, assets, args.device, World(), int(r["cell_examples"]),
+                                   on_batch=lambda n, r=r: progress.advance(n, f"· {r['label']} · {r['attack_label']}"))
+        mark_complete(r, shard_dir(results, r["sweep"], r["cell"], r["shard"]), World(), written)
     print(f"results: {results / grid.sweep}")
     if args.report:
         return cmd_report(argparse.Namespace(results=str(results / grid.sweep), out=None))

@@ -198,6 +198,33 @@ def test_two_concurrent_runs_never_crash_and_write_each_row_once(tmp_path: Path)
             assert check_marker(s, *_bounds(s)) is None, (trial, s)
 
 
+def test_telemetry_is_written_under_the_rank_lock(light_plan: Path, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another process that takes a (shard, rank) lock clears that rank's temporaries, so the
+    telemetry of the run that did the work must be written before the lock is let go (it was not,
+    under `harness run`: a second run deleted the first's telemetry temporary mid-rename)."""
+    import harness.launch.task as task
+    from harness.fsutil import _HELD
+    from harness.plan import load_plan
+    from harness.ranks import World
+    from harness.results import shard_dir
+    from harness.worker import Assets
+
+    row = load_plan(light_plan).to_dict("records")[0]
+    out = shard_dir(tmp_path, row["sweep"], row["cell"], row["shard"])
+    held: list[bool] = []
+    real = task.write_telemetry
+
+    def checked(directory, *args, **kw):
+        held.append(any(k[0] == os.path.abspath(directory / ".lock-rank-0") for k in _HELD))
+        return real(directory, *args, **kw)
+
+    monkeypatch.setattr(task, "write_telemetry", checked)
+    written = task.run_row_recorded(row, tmp_path, Assets(), "cpu", World(), int(row["cell_examples"]))
+    assert written > 0 and held == [True]
+    assert len(list(out.glob("_telemetry-rank-0-*.json"))) == 1
+
+
 @pytest.fixture(scope="module")
 def light_plan(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("light")

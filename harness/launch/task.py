@@ -11,17 +11,17 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from ..fsutil import atomic_write
 from ..plan import load_plan_row
 from ..devices import DeviceError, check_task
 from ..ranks import World, detect
 from ..telemetry import GpuMonitor, system_description
-from ..results import COMPLETE, rank_lock, shard_dir, write_marker
+from ..results import COMPLETE, rank_lock, rank_lock_holder, shard_dir, write_marker
 from ..worker import Assets, run_row
 
-__all__ = ["COMPLETE", "mark_complete", "run_task", "results_dir_for"]
+__all__ = ["COMPLETE", "mark_complete", "run_row_recorded", "run_task", "results_dir_for"]
 
 
 def results_dir_for(plan_path: Path) -> Path:
@@ -72,18 +72,31 @@ def run_task_marked(plan_path: str, row_index: int, results: str | None = None,
     cell_examples = int(row["cell_examples"])
     world.configure_threads()
     device = world.device()
+    written = run_row_recorded(row, results_dir, Assets.for_plan_row(row, device), device, world, cell_examples)
+    return written, mark_complete(row, shard_dir(results_dir, row["sweep"], row["cell"], int(row["shard"])),
+                                  world, written)
+
+
+def run_row_recorded(row: dict[str, Any], results_dir: Path, assets: Assets, device: str, world: World,
+                     cell_examples: int, on_batch: Callable[[int], None] | None = None) -> int:
+    """run_row for this rank with the GPU monitored, then the run's telemetry written, all under
+    the (shard, rank) lock: another process taking the lock clears this rank's temporaries, so a
+    telemetry file written after releasing it could lose its temporary mid-rename. What `harness
+    run` and every array task call; returns the rows written (0: done, or another process has it)."""
     out = shard_dir(results_dir, row["sweep"], row["cell"], int(row["shard"]))
-    # The rank lock covers the telemetry too: its temporaries are this rank's to clean up.
     with rank_lock(out, world.rank) as state:
-        with GpuMonitor(int(device.split(":")[1]) if device.startswith("cuda") else None) as gpu:
-            written = (run_row(row, results_dir, Assets.for_plan_row(row, device), rank=world.rank,
-                               world=world.size, cell_examples=cell_examples) if state != "busy" else 0)
         if state == "busy":
-            print(f"rank {world.rank}: another process is computing this rank's slice of {out}; skipped",
+            print(f"harness: rank {world.rank}: another process is computing this rank's slice of {out} "
+                  f"({rank_lock_holder(out, world.rank) or 'holder unknown'}); skipped, run again to check",
                   file=sys.stderr, flush=True)
+            return 0
+        gpu_index = int(device.split(":")[1]) if device.startswith("cuda:") else (0 if device == "cuda" else None)
+        with GpuMonitor(gpu_index) as gpu:
+            written = run_row(row, results_dir, assets, rank=world.rank, world=world.size,
+                              cell_examples=cell_examples, on_batch=on_batch)
         if written:
             write_telemetry(out, world.rank, written, device, gpu, world.size, world.backend)
-    return written, mark_complete(row, out, world, written)
+    return written
 
 
 def main(argv: list[str] | None = None) -> int:
