@@ -151,7 +151,7 @@ def batch_search(device: str, total: int, start: int, loops: int, steps: int) ->
     cell = {"check": "gpu_check batch search", "loops": loops, "steps": steps}
     with tempfile.TemporaryDirectory() as tmp:
         record = FitRecord(Path(tmp), device)
-        fit = start_fit(record, cell, start, gauge)
+        fit = start_fit(record, cell, start, gauge, device, {})
         pur.checkpoint = fit.checkpoint
         t0 = datetime.datetime.now()
         run_batches(list(range(total)), step, fit, gauge=gauge, record=record, cell=cell, device=device,

@@ -137,16 +137,17 @@ class BatchFit:
 
 
 def start_fit(record: "FitRecord", cell: dict[str, Any], batch_size: int, gauge: MemoryGauge | None,
-              cache: dict[str, Any] | None = None, cache_key: str = "", gradients: bool = True) -> BatchFit:
-    """Where a loop's batch search starts: this process's fit for the combination, else the
-    record's, else the asked `batch_size` (checkpointing off where a gauge can watch memory).
-    Without a gauge, never more than `batch_size`. gradients=False (purification alone, under
-    inference_mode): no activations are kept to begin with, so out of memory halves at once."""
-    fit = (cache or {}).get(cache_key) or record.get(cell) or BatchFit(batch_size, gauge is None or not gradients)
+              device: str, cache: dict[str, Any], gradients: bool = True) -> BatchFit:
+    """Where a loop's batch search starts: this process's fit for the combination on `device`
+    (kept in `cache`), else the record's, else the asked `batch_size` (checkpointing off where
+    a gauge can watch memory). Without a gauge, never more than `batch_size`. gradients=False
+    (purification alone, under inference_mode): no activations are kept to begin with, so out
+    of memory halves at once."""
+    key = f"fit:{device}:{combination_key(cell)}"
+    fit = cache.get(key) or record.get(cell) or BatchFit(batch_size, gauge is None or not gradients)
     if gauge is None:
         fit.batch = min(fit.batch, batch_size)
-    if cache is not None:
-        cache[cache_key] = fit
+    cache[key] = fit
     return fit
 
 

@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from .batching import FitRecord, combination_key, gauge_for, run_batches, start_fit
+from .batching import FitRecord, gauge_for, run_batches, start_fit
 from .errors import GridError, ItemError, UsageError
 from .fsutil import safe_name
 
@@ -424,8 +424,7 @@ def run_shard(plan: dict[str, Any], index: int, net: Purifier | Callable[[], Pur
             combination = {"purifier": job.purifier, "classifier": job.classifier, "precision": job.precision}
             record = FitRecord(job.state, device)
             gauge = gauge_for(device)
-            fit = start_fit(record, combination, job.batch_size, gauge, _FITS, device + combination_key(combination),
-                            gradients=False)
+            fit = start_fit(record, combination, job.batch_size, gauge, device, _FITS, gradients=False)
             run_batches(todo, step, fit, gauge=gauge, record=record, cell=combination, device=device)
     finish_shard(plan, index)
     return written

@@ -15,7 +15,7 @@ from typing import Any, Callable
 import numpy as np
 
 from . import registry
-from .batching import FitRecord, combination_key, gauge_for, run_batches, start_fit
+from .batching import FitRecord, gauge_for, run_batches, start_fit
 from .catalog import assets_dir, is_ref, needs, resolve_params, stage_record
 from .results import (cell_file_bytes, param_fields, param_values, part_path, provenance, rank_lock,
                       rank_lock_holder, remove_stale_temporaries, row_schema, scan_shard, shard_dir,
@@ -197,8 +197,7 @@ def _run_locked(plan_row: dict[str, Any], results_dir: Path, out_dir: Path, asse
     # The batch: found as it runs, kept per process and per device type (harness.batching).
     record = FitRecord(results_dir / plan_row["sweep"], assets.device)
     gauge = gauge_for(assets.device)
-    fit = start_fit(record, cell, int(plan_row["batch_size"]), gauge, assets.cache,
-                    f"fit:{assets.device}:{combination_key(cell)}")
+    fit = start_fit(record, cell, int(plan_row["batch_size"]), gauge, str(assets.device), assets.cache)
     model.purifier.checkpoint = fit.checkpoint
     run_batches(todo, step, fit, gauge=gauge, record=record, cell=cell, device=str(assets.device),
                 on_checkpoint=lambda on: setattr(model.purifier, "checkpoint", on))
