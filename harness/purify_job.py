@@ -455,7 +455,10 @@ def finish_shard(plan: dict[str, Any], index: int) -> bool:
         table = pa.concat_tables([pq.read_table(f) for f in parts]).sort_by("position")
         positions = table.column("position").to_pylist()
         if positions != list(range(len(shard))):  # two parts holding one item: keep the first
-            keep = [positions.index(p) for p in range(len(shard))]
+            first: dict[int, int] = {}
+            for i, p in enumerate(positions):
+                first.setdefault(p, i)
+            keep = [first[p] for p in range(len(shard))]
             table = table.take(pa.array(keep))
         outputs = {int(p): png for p, png in zip(table.column("position").to_pylist(),
                                                   table.column("png").to_pylist()) if png is not None}
