@@ -22,8 +22,7 @@ import datetime
 import numpy as np
 import torch
 
-from harness.attacks.budget import ascent, project
-from harness.attacks.pgd import attack, loss_gradient
+from harness.attacks.pgd import attack, margin_reached
 from harness.data.digits import arrays
 from harness.purify.pipeline import Defended
 from harness.registry import get
@@ -44,20 +43,10 @@ def _u8(x: torch.Tensor) -> torch.Tensor:
 def stopped_pgd(bare, clf, x: torch.Tensor, y: torch.Tensor, eps: float, kappa: float, noise,
                 steps: int = 200, step_size: float = 0.005) -> torch.Tensor:
     """Linf PGD on the bare classifier where an example stops moving once its uint8 image's
-    margin (best wrong logit - true logit) reaches kappa."""
-    x_adv, done = x.clone(), torch.zeros(len(y), dtype=torch.bool)
-    for _ in range(steps):
-        g, _bad = loss_gradient(bare, x_adv, y, "exact", 1, noise)
-        moved = project(x_adv + ascent(g, "linf", step_size), x, "linf", eps).detach()
-        x_adv = torch.where(done.view(-1, 1, 1, 1), x_adv, moved)
-        with torch.no_grad():
-            z = clf(_u8(x_adv))
-            true = z.gather(1, y[:, None])[:, 0]
-            margin = z.scatter(1, y[:, None], float("-inf")).amax(1) - true
-        done |= margin >= kappa
-        if done.all():
-            break
-    return _u8(x_adv)
+    margin (best wrong logit - true logit) reaches kappa (harness.attacks.pgd's stop)."""
+    params = entry("attack", "pgd", norm="linf", eps=eps, steps=steps, step_size=step_size, eot=1,
+                   random_start=False)["params"]
+    return _u8(attack(bare, x, y, params, noise, stop=margin_reached(clf, y, kappa)).x_adv.detach())
 
 
 def entry(kind: str, name: str, **params: object) -> dict:

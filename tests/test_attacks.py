@@ -63,6 +63,42 @@ def test_zero_step_size_does_nothing_without_random_start(bare: Defended, data) 
     assert out.x_adv is x and out.grad_evals == 0
 
 
+def test_stop_freezes_each_example_where_it_first_holds_and_ends_the_loop() -> None:
+    x = torch.zeros(3, 1, 2, 2)
+    calls = []
+
+    def gradient_fn(xa: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        calls.append(1)
+        return torch.ones_like(xa), torch.zeros(len(xa), dtype=torch.long)
+
+    limit = torch.tensor([0.25, 0.45, 10.0])
+    stop = lambda xa: xa.flatten(1)[:, 0] >= limit  # noqa: E731
+    params = _params(eps=1.0, step_size=0.1, steps=6, random_start=False)
+    xa, _ = pgd.run(x, gradient_fn, params, _noise(3), stop=stop)
+    assert torch.allclose(xa.flatten(1)[:, 0], torch.tensor([0.3, 0.5, 0.6])), xa.flatten(1)[:, 0]
+    assert len(calls) == 6
+    calls.clear()
+    xa, _ = pgd.run(x, gradient_fn, params, _noise(3), stop=lambda xa: xa.flatten(1)[:, 0] >= 0.15)
+    assert len(calls) == 2 and torch.allclose(xa, torch.full_like(x, 0.2))  # all stopped: the loop ends
+
+
+def test_margin_stop_gives_the_smallest_fooling_perturbation_on_the_path(bare: Defended, data) -> None:
+    x, y = data
+    x = torch.round(x * 255) / 255
+    params = _params(eps=0.25, steps=200, step_size=0.005, random_start=False)
+    clf = bare.classifier
+    stopped = pgd.attack(bare, x, y, params, _noise(len(y)), stop=pgd.margin_reached(clf, y, 0.5)).x_adv
+    full = pgd.attack(bare, x, y, params, _noise(len(y))).x_adv
+    u8 = torch.round(stopped * 255) / 255
+    with torch.no_grad():
+        z = clf(u8)
+    margin = z.scatter(1, y[:, None], float("-inf")).amax(1) - z.gather(1, y[:, None])[:, 0]
+    assert (margin >= 0.5).float().mean() >= 0.95  # the quantised image fools it, with the margin
+    d_stop = budget.distance(stopped, x, "linf")
+    d_full = budget.distance(full, x, "linf")
+    assert (d_stop <= d_full + 1e-6).all() and d_stop.median() < 0.8 * d_full.median(), (d_stop, d_full)
+
+
 def test_exact_gradient_flows_through_the_purifier(data) -> None:
     """EOT gradient through a LoRID purifier is non-zero and averages EOT draws."""
     x, y = data[0][:4], data[1][:4]
