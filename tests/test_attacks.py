@@ -87,7 +87,9 @@ def test_margin_stop_gives_the_smallest_fooling_perturbation_on_the_path(bare: D
     x = torch.round(x * 255) / 255
     params = _params(eps=0.25, steps=200, step_size=0.005, random_start=False)
     clf = bare.classifier
-    stopped = pgd.attack(bare, x, y, params, _noise(len(y)), stop=pgd.margin_reached(clf, y, 0.5)).x_adv
+    out = pgd.attack(bare, x, y, params, _noise(len(y)), stop=pgd.margin_reached(clf, y, 0.5))
+    stopped = out.x_adv
+    assert 0 < out.grad_evals < 200  # the steps taken, not the budget
     full = pgd.attack(bare, x, y, params, _noise(len(y))).x_adv
     u8 = torch.round(stopped * 255) / 255
     with torch.no_grad():

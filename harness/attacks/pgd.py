@@ -95,6 +95,12 @@ def margin_reached(classifier: torch.nn.Module, y: torch.Tensor, kappa: float,
 def attack(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, params: dict[str, Any],
            noise: ExampleNoise, stop: StopFn | None = None) -> AttackResult:
     eot = 1 if params["gradient"] == "greybox" else params["eot"]
-    x_adv, nonfinite = run(x, lambda xa: loss_gradient(model, xa, y, params["gradient"], eot, noise),
-                           params, noise, stop)
-    return AttackResult(x_adv, params["steps"] * eot, grad_nonfinite=nonfinite)
+    steps = 0  # taken: fewer than params["steps"] where a stop ended the loop
+
+    def gradient(xa: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        nonlocal steps
+        steps += 1
+        return loss_gradient(model, xa, y, params["gradient"], eot, noise)
+
+    x_adv, nonfinite = run(x, gradient, params, noise, stop)
+    return AttackResult(x_adv, steps * eot, grad_nonfinite=nonfinite)
