@@ -105,9 +105,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .catalog import require_grid
     from .grid import load_grid
     from .plan import load_plan, summary, write_plan
-    from .launch.task import mark_complete, run_row_recorded
+    from .launch.task import run_row_recorded
     from .ranks import World, configure_threads
-    from .results import shard_dir, write_report_spec
+    from .results import write_report_spec
     from .worker import Assets, pending
 
     from .launch.profiles import load_named
@@ -131,9 +131,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     configure_threads()  # from the cores this process owns, as every array task does
     assets = Assets.for_plan_row(rows[0], args.device)
     for r in rows:
-        written = run_row_recorded(r, results, assets, args.device, World(), int(r["cell_examples"]),
-                                   on_batch=lambda n, r=r: progress.advance(n, f"· {r['label']} · {r['attack_label']}"))
-        mark_complete(r, shard_dir(results, r["sweep"], r["cell"], r["shard"]), World(), written)
+        run_row_recorded(r, results, assets, args.device, World(), int(r["cell_examples"]),
+                         on_batch=lambda n, r=r: progress.advance(n, f"· {r['label']} · {r['attack_label']}"))
     print(f"results: {results / grid.sweep}")
     if args.report:
         return cmd_report(argparse.Namespace(results=str(results / grid.sweep), out=None))

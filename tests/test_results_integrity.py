@@ -220,7 +220,7 @@ def test_telemetry_is_written_under_the_rank_lock(light_plan: Path, tmp_path: Pa
         return real(directory, *args, **kw)
 
     monkeypatch.setattr(task, "write_telemetry", checked)
-    written = task.run_row_recorded(row, tmp_path, Assets(), "cpu", World(), int(row["cell_examples"]))
+    written, _ = task.run_row_recorded(row, tmp_path, Assets(), "cpu", World(), int(row["cell_examples"]))
     assert written > 0 and held == [True]
     assert len(list(out.glob("_telemetry-rank-0-*.json"))) == 1
 

@@ -72,31 +72,32 @@ def run_task_marked(plan_path: str, row_index: int, results: str | None = None,
     cell_examples = int(row["cell_examples"])
     world.configure_threads()
     device = world.device()
-    written = run_row_recorded(row, results_dir, Assets.for_plan_row(row, device), device, world, cell_examples)
-    return written, mark_complete(row, shard_dir(results_dir, row["sweep"], row["cell"], int(row["shard"])),
-                                  world, written)
+    return run_row_recorded(row, results_dir, Assets.for_plan_row(row, device), device, world, cell_examples)
 
 
 def run_row_recorded(row: dict[str, Any], results_dir: Path, assets: Assets, device: str, world: World,
-                     cell_examples: int, on_batch: Callable[[int], None] | None = None) -> int:
+                     cell_examples: int, on_batch: Callable[[int], None] | None = None) -> tuple[int, bool]:
     """run_row for this rank with the GPU monitored, then the run's telemetry written, all under
-    the (shard, rank) lock: another process taking the lock clears this rank's temporaries, so a
-    telemetry file written after releasing it could lose its temporary mid-rename. What `harness
-    run` and every array task call; returns the rows written (0: done, or another process has it)."""
+    the (shard, rank) lock (another process taking the lock clears this rank's temporaries, so a
+    telemetry file written after releasing it could lose its temporary mid-rename), then
+    mark_complete, which every rank calls, a skipped one too. What `harness run` and every array
+    task call; returns (the rows written: 0 when done or another process has it, whether this
+    rank wrote the shard's completion marker)."""
     out = shard_dir(results_dir, row["sweep"], row["cell"], int(row["shard"]))
+    written = 0
     with rank_lock(out, world.rank) as state:
         if state == "busy":
             print(f"harness: rank {world.rank}: another process is computing this rank's slice of {out} "
                   f"({rank_lock_holder(out, world.rank) or 'holder unknown'}); skipped, run again to check",
                   file=sys.stderr, flush=True)
-            return 0
-        gpu_index = int(device.split(":")[1]) if device.startswith("cuda:") else (0 if device == "cuda" else None)
-        with GpuMonitor(gpu_index) as gpu:
-            written = run_row(row, results_dir, assets, rank=world.rank, world=world.size,
-                              cell_examples=cell_examples, on_batch=on_batch)
-        if written:
-            write_telemetry(out, world.rank, written, device, gpu, world.size, world.backend)
-    return written
+        else:
+            gpu_index = int(device.split(":")[1]) if device.startswith("cuda:") else (0 if device == "cuda" else None)
+            with GpuMonitor(gpu_index) as gpu:
+                written = run_row(row, results_dir, assets, rank=world.rank, world=world.size,
+                                  cell_examples=cell_examples, on_batch=on_batch)
+            if written:
+                write_telemetry(out, world.rank, written, device, gpu, world.size, world.backend)
+    return written, mark_complete(row, out, world, written)
 
 
 def main(argv: list[str] | None = None) -> int:
