@@ -157,12 +157,11 @@ def batch_search(device: str, total: int, start: int, loops: int, steps: int) ->
         run_batches(list(range(total)), step, fit, gauge=gauge, record=record, cell=cell, device=device,
                     on_checkpoint=lambda on: setattr(pur, "checkpoint", on))
         seconds = (datetime.datetime.now() - t0).total_seconds()
-        kept = record._read()
+        kept = record.get(cell) or fit
     usable = f"{gauge.usable() / 2**30:.1f} GiB usable" if gauge else "no gauge (CPU): the batch stays"
     path = " → ".join(f"{n}{' (ckpt)' if c else ''}" for n, c in sizes)
-    entry = next(iter(kept.values()), {})
     return [f"| batch search, PGD step through LoRID ({loops}×{steps}) + WRN-28-10, {total} examples from {start} | "
-            f"{path} | {usable}; kept batch {entry.get('batch', fit.batch)}, failed at {entry.get('fail')}; "
+            f"{path} | {usable}; kept batch {kept.batch}, failed at {kept.fail}; "
             f"{total / seconds:,.1f} image-gradients/s overall |"]
 
 
