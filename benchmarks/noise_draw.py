@@ -6,8 +6,11 @@ to last ~20 ms) of
   - torch.randn(batch) on the default generator (the floor: one kernel, no per-example streams),
   - the old loop: one torch.Generator per example, one torch.randn per example, then stack
     (harness.rng before issue 13, kept here as `LegacyExampleNoise`),
-  - ExampleNoise.randn_like through the compiled Philox kernel (when compile works here),
-  - the same uncompiled (HARNESS_RNG_COMPILE=0; CPU's default): numpy's uint64 on CPU,
+  - ExampleNoise.randn_like through the native C draw (CPU's default: harness/rng_native.c,
+    Philox and the normal transform in one pass),
+  - the same through the compiled Philox kernel (when compile works here),
+  - the same uncompiled and without the native library (HARNESS_RNG_COMPILE=0,
+    HARNESS_RNG_NATIVE=0): numpy's uint64 on CPU,
   - the same in torch eager ops (what a GPU whose compile failed runs; rng.NUMPY_ON_CPU off),
 and the ratios to torch.randn. Also checks that rows are identical for batch sizes 1/7/64
 and for 1 vs 2 ranks (two ExampleNoise over the two halves). Prints a Markdown table and the
@@ -31,7 +34,7 @@ from pathlib import Path
 
 import torch
 
-from harness import rng
+from harness import rng, rng_native
 from harness.rng import ExampleNoise, derive_seed
 from harness.telemetry import machine
 from results_md import publish
@@ -83,18 +86,23 @@ def timed(fn, repeat: int, device: str, budget_s: float = 0.02) -> float:
     return statistics.median(times)
 
 
-class _Eager:
-    """Within the block, harness.rng draws without torch.compile."""
+class _Env:
+    """Within the block, harness.rng draws with torch.compile off and the native CPU library
+    on or off."""
+
+    def __init__(self, native: bool):
+        self.set = {rng.COMPILE_ENV: "0", rng_native.NATIVE_ENV: "1" if native else "0"}
 
     def __enter__(self) -> None:
-        self.before = os.environ.get(rng.COMPILE_ENV)
-        os.environ[rng.COMPILE_ENV] = "0"
+        self.before = {k: os.environ.get(k) for k in self.set}
+        os.environ.update(self.set)
 
     def __exit__(self, *exc: object) -> None:
-        if self.before is None:
-            os.environ.pop(rng.COMPILE_ENV, None)
-        else:
-            os.environ[rng.COMPILE_ENV] = self.before
+        for k, v in self.before.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def rows_check(device: str) -> tuple[bool, bool]:
@@ -132,6 +140,9 @@ def main() -> None:
     ExampleNoise([1, 2, 3], dev).rand((5,))
     first_call_s = time.perf_counter() - t0
     status = rng.compile_status(dev)
+    t0 = time.perf_counter()
+    native_ok = dev == "cpu" and rng_native.library(rng.NUMPY_REFERENCE) is not None
+    native_s = time.perf_counter() - t0
 
     lines = []
     for name, n, shape in SHAPES:
@@ -142,7 +153,10 @@ def main() -> None:
         t_loop = timed(lambda: legacy.randn_like(x), args.repeat, dev)
         new = ExampleNoise(seeds, dev)
         t_new = timed(lambda: new.randn_like(x), args.repeat, dev) if status == "compiled" else float("nan")
-        with _Eager():
+        with _Env(native=True):
+            native = ExampleNoise(seeds, dev)
+            t_native = timed(lambda: native.randn_like(x), args.repeat, dev) if native_ok else float("nan")
+        with _Env(native=False):
             eager = ExampleNoise(seeds, dev)
             t_eager = timed(lambda: eager.randn_like(x), args.repeat, dev)
             rng.NUMPY_ON_CPU = False
@@ -152,12 +166,16 @@ def main() -> None:
                 rng.NUMPY_ON_CPU = True
         us = lambda t: f"{t * 1e6:,.0f}"  # noqa: E731
         lines.append(f"| {name} | {us(t_randn)} | {us(t_loop)} ({t_loop / t_randn:.1f}x) | "
-                     f"{us(t_new)} ({t_new / t_randn:.2f}x) | {us(t_eager)} ({t_eager / t_randn:.1f}x) | "
+                     f"{us(t_native)} ({t_native / t_randn:.2f}x) | {us(t_new)} ({t_new / t_randn:.2f}x) | {us(t_eager)} ({t_eager / t_randn:.1f}x) | "
                      f"{us(t_torch)} ({t_torch / t_randn:.1f}x) |")
         print(lines[-1], flush=True)
     same_batch, same_ranks = rows_check(dev)
-    with _Eager():
+    with _Env(native=False):
         eager_batch, eager_ranks = rows_check(dev)
+    if native_ok:
+        with _Env(native=True):
+            native_batch, native_ranks = rows_check(dev)
+            same_batch, same_ranks = same_batch and native_batch, same_ranks and native_ranks
     stamp = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
     load = ", ".join(f"{v:.1f}" for v in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
     block = [f"\n## Noise draw (issue 13) — {stamp}, {machine(dev)}, {torch.get_num_threads()} threads, "
@@ -165,12 +183,14 @@ def main() -> None:
              f"Median of {args.repeat} measurements, microseconds per draw (ratio to one torch.randn of "
              "the batch). Compiled path: "
              f"{status}; first draws in the process (compile, or load from the inductor cache): "
-             f"{first_call_s:.1f} s.\n",
-             "| batch | torch.randn | per-example generators (before) | Philox, compiled | "
+             f"{first_call_s:.1f} s. Native C draw: {rng_native.status()} (build or load, and its "
+             f"self-check: {native_s:.2f} s).\n",
+             "| batch | torch.randn | per-example generators (before) | native C (CPU default) | "
+             "Philox, compiled | "
              f"Philox, uncompiled ({'numpy' if dev == 'cpu' else 'torch'}) | Philox, torch eager ops |",
-             "|---|---|---|---|---|---|", *lines, "",
+             "|---|---|---|---|---|---|---|", *lines, "",
              f"Rows identical for batch sizes 1/7/64: {'yes' if same_batch and eager_batch else 'NO'}; "
-             f"for 1 vs 2 ranks: {'yes' if same_ranks and eager_ranks else 'NO'} (compiled and eager)."]
+             f"for 1 vs 2 ranks: {'yes' if same_ranks and eager_ranks else 'NO'} (native, compiled and eager)."]
     text = "\n".join(block) + "\n"
     publish(text, args.append, args.out)
 

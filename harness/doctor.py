@@ -81,6 +81,18 @@ def _torch_and_gpu(profile: Any, login: bool, nvml: Any) -> list[Check]:
     return out
 
 
+def _noise(profile: Any, login: bool) -> list[Check]:
+    """The CPU noise draw: the native C call (built here on first use), or the slower numpy form."""
+    if login or (profile is not None and getattr(profile, "device", "cpu") == "cuda"):
+        return []  # the nodes draw on their GPUs (or build their own library on first use)
+    from . import rng, rng_native
+
+    lib = rng_native.library(rng.NUMPY_REFERENCE)
+    if lib is not None:
+        return [_ok("noise", f"native C draw, built for this CPU and checked: {lib._name}")]
+    return [_warn("noise", f"numpy draw, the same values ~15x slower: {rng_native.status()}")]
+
+
 def _mpi(profile: Any) -> list[Check]:
     out = []
     try:
@@ -164,7 +176,8 @@ def expected_result_bytes(grid: Any) -> int:
 def checks(profile: Any = None, grid: Any = None, results: str | Path = "results", jobs: str | Path = "jobs",
            assets: str | None = None, login: bool = False, nvml: Any = None) -> list[Check]:
     """Every check, in the order printed."""
-    out = [_python(profile, login), *_torch_and_gpu(profile, login, nvml), *_mpi(profile), *_slurm(profile),
+    out = [_python(profile, login), *_torch_and_gpu(profile, login, nvml), *_noise(profile, login),
+           *_mpi(profile), *_slurm(profile),
            *_assets(grid, assets),
            _writable("results", Path(results).absolute(), expected_result_bytes(grid)),
            _writable("jobs", Path(jobs).absolute(), 0)]

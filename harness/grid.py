@@ -27,7 +27,8 @@ from .registry import INT64_MAX, KINDS, Param, PluginSpec, shown, shown_key
 # Bump when the meaning of a cell changes (e.g. a plugin's semantics): every hash changes.
 # v2: non-finite logits are a failed prediction (-1), not class 0; non-finite gradients are counted.
 # v3: noise from a counter-based generator (harness.rng); the networks' precision in the cell.
-HASH_SALT = "lorid-harness/cell/v3"
+# v4: CPU normals from our own float64 transform (harness.rng_native / _np_box_muller), not ATen's.
+HASH_SALT = "lorid-harness/cell/v4"
 #: What a grid's `precision:` may ask for (harness.precision runs it; here: no torch at plan time).
 PRECISIONS = ("auto", "fp32", "bf16")
 

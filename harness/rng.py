@@ -4,16 +4,21 @@ depend on batch size, shard size or the number of ranks.
 
 The generator is counter-based: Philox4x32-10 (Salmon et al., "Parallel random numbers: as
 easy as 1, 2, 3", SC'11; the Random123 reference), keyed per example by its 64-bit seed and
-run on a 128-bit counter. One draw for a whole batch is one pure function of tensors (keys,
-counters) on the batch's device, with no Python loop over examples: the Philox part is
-compiled with torch.compile into one fused kernel where compile works (a fixed ~150
-element-wise kernels in eager otherwise), then Box-Muller takes 4 eager kernels (log, mul,
-sqrt, polar); the counter update is one more. The compiled part is compiled once per
-process and device type, with dynamic shapes (no recompile for a new batch size or image shape); by
-default on CUDA only (HARNESS_RNG_COMPILE=1: everywhere, 0: never). Uncompiled, the Philox part
-runs in numpy's uint64 on CPU (exact 32x32-bit products, ~1 us a call: 3-4x faster than torch's
-eager ops there) and in torch's eager ops elsewhere (a GPU whose compile failed). Where compile
-fails (no C compiler, no Triton, an old torch) the uncompiled path serves, with the same bits.
+run on a 128-bit counter. One draw for a whole batch is one pure function of (keys,
+counters), with no Python loop over examples:
+- CPU (the default): one C call (harness/rng_native.c, built on first use for the CPU it runs
+  on; harness/rng_native.py) computes the blocks and the normal transform and advances the
+  counters: about one `torch.randn` of the batch. Where it cannot be built or loaded (no C
+  compiler) or HARNESS_RNG_NATIVE=0, the same arithmetic runs in numpy (Philox in uint64,
+  exact 32x32-bit products), with the same bits.
+- CUDA: the Philox part is compiled with torch.compile into one fused kernel (a fixed ~150
+  element-wise kernels in eager where compile fails), then Box-Muller takes 4 eager kernels
+  (log, mul, sqrt, polar); the counter update is one more. Compiled once per process and
+  device type, with dynamic shapes (no recompile for a new batch size or image shape); by
+  default on CUDA only (HARNESS_RNG_COMPILE=1: on CPU too, instead of the native call; 0:
+  never). Where compile fails (no C compiler, no Triton, an old torch) eager serves, with the
+  same bits.
+The path is chosen when an ExampleNoise is made; `draw` reads the settings at every call.
 
 The rule (what makes rows reproducible)
 ---------------------------------------
@@ -36,16 +41,20 @@ Floats (float32 math, then cast to the asked dtype)
 ---------------------------------------------------
 - uniform: u = (word >> 8) * 2**-24, exact: the 2**24 evenly spaced points of [0, 1).
 - normal: Box-Muller on the word pairs (w0, w1) and (w2, w3) of each block:
-  u1 = float32(w0 + 1) * 2**-32 in (0, 1] (correctly rounded), theta = 2 pi (w1 >> 8) 2**-24,
-  z0 = sqrt(-2 ln u1) cos theta, z1 = sqrt(-2 ln u1) sin theta (ATen's float32 log, sqrt and
-  torch.polar: each value within a few float32 ulps of the exact transform of its words).
-  |z| <= sqrt(64 ln 2) = 6.66 (the normal's mass beyond is 2.7e-11); the radius has the
-  resolution of float32 near u1 = 1 (no |z| in (0, 3.5e-4) but 0), the angle 2**-24 of a
-  turn. A float64 request gets these float32 values, cast.
+  u1 = float32(w0 + 1) * 2**-32 in (0, 1] (correctly rounded), theta = 2 pi (w1 >> 8) 2**-24
+  (float32(2 pi) times the exact fraction, rounded once), z0 = sqrt(-2 ln u1) cos theta,
+  z1 = sqrt(-2 ln u1) sin theta. |z| <= sqrt(64 ln 2) = 6.66 (the normal's mass beyond is
+  2.7e-11); the radius has the resolution of float32 near u1 = 1 (no |z| in (0, 3.5e-4) but
+  0), the angle 2**-24 of a turn. A float64 request gets these float32 values, cast.
+- The transform on CPU is our own float64 arithmetic (`_np_box_muller`: series for log, sin
+  and cos from +, -, *, / and sqrt alone, rounded to float32 at the end; every value within
+  one float32 ulp of the exact transform of its words), the same operations in the same order
+  in C and in numpy, so the two give the same bits on any CPU and vector width. On CUDA it is
+  ATen's float32 log, sqrt and torch.polar (within a few ulps).
 - u1 and theta are exact functions of the words, and only they come out of the compiled
   kernel: the compiled and eager paths give the same bits (compiled code's log/sin/cos
-  differ from ATen's in the last ulp, so those stay eager). Another device type (CUDA)
-  gives the same words and uniforms; its normals may differ in the last ulps.
+  differ from ATen's in the last ulp, so the transform stays eager). CUDA gives the same
+  words and uniforms as CPU; its normals may differ in the last ulps.
 """
 from __future__ import annotations
 
@@ -58,6 +67,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
+
+from harness import rng_native
 
 log = logging.getLogger(__name__)
 
@@ -193,14 +204,66 @@ def uniform_blocks(key: torch.Tensor, start: torch.Tensor, blocks: int) -> torch
 def _box_muller(u1: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
     """float32 [R, B, 2, 2]: (r cos theta, r sin theta) with r = sqrt(-2 ln u1), per pair.
 
-    Always eager, 4 kernels: the transcendental functions of ATen and of compiled code
-    differ in the last ulp, so the compiled part stops before them and both paths agree.
-    torch.polar rather than cos, sin and two products: one kernel, and on CPU it runs
-    serially below 32k values, where ATen's cos starts OpenMP threads even for 1,024 values
-    (measured: 12 ms a call instead of 10 us with 2 threads on 2 shared cores); above ~100k
-    values it is ~2x slower than cos and sin on CPU."""
+    On CPU: the float64 arithmetic of `_np_box_muller` (the native draw's, bit for bit). On
+    other devices: ATen, 4 eager kernels (log, mul, sqrt, polar): the transcendental functions
+    of ATen and of compiled code differ in the last ulp, so the compiled part stops before them
+    and both paths agree. torch.polar rather than cos, sin and two products: one kernel."""
+    if u1.device.type == "cpu":
+        return torch.from_numpy(_np_box_muller(u1.numpy(), theta.numpy()))
     radius = torch.log(u1).mul_(-2.0).sqrt_()
     return torch.view_as_real(torch.polar(radius, theta))
+
+
+# The CPU transform: float64 +, -, *, /, sqrt and correctly rounded conversions only, one ufunc
+# per operation, in exactly the order of harness/rng_native.c's `transform` (which the native
+# library's self-check and the tests compare bit for bit). ln u1 = e ln 2 + 2 atanh(s),
+# s = (m - 1) / (m + 1), u1 = m 2**e with m in [sqrt 1/2, sqrt 2); theta = q pi/2 + a with
+# |a| <= pi/4; series to s**11, a**11 and a**12: errors below 1e-10, far under float32's half
+# ulp (3e-8); the tests check every value within one float32 ulp of the exact transform.
+_LN2 = 0.69314718055994530942
+_PIO2 = 1.57079632679489661923
+_TWO_OVER_PI = 0.63661977236758134308
+_ROUNDER = 6755399441055744.0  # 1.5 * 2**52: adding it rounds to an integer
+_LOG_SERIES = [1.0 / 9, 1.0 / 7, 1.0 / 5, 1.0 / 3, 1.0]                  # after 1/11
+_SIN_SERIES = [1.0 / 362880.0, -1.0 / 5040.0, 1.0 / 120.0, -1.0 / 6.0]    # after -1/11!
+_COS_SERIES = [-1.0 / 3628800.0, 1.0 / 40320.0, -1.0 / 720.0, 1.0 / 24.0, -0.5, 1.0]  # after 1/12!
+
+
+def _horner(first: float, rest: list[float], x: np.ndarray) -> np.ndarray:
+    p = np.full_like(x, first)
+    for c in rest:
+        p *= x
+        p += c
+    return p
+
+
+def _np_box_muller(u1: np.ndarray, theta: np.ndarray) -> np.ndarray:
+    """float32 [..., 2]: (r cos theta, r sin theta), r = sqrt(-2 ln u1), for float32 u1 in
+    (0, 1] and theta in [0, 2 pi) (the CPU transform; see above)."""
+    b = np.ascontiguousarray(u1, dtype=np.float32).view(np.uint32)
+    e = (b >> np.uint32(23)).astype(np.int32) - 127
+    mant = b & np.uint32(0x7FFFFF)
+    big = (mant > np.uint32(0x3504F3)).astype(np.int32)                 # m > sqrt 2
+    mb = mant | ((127 - big).astype(np.uint32) << np.uint32(23))
+    e += big
+    m = mb.view(np.float32).astype(np.float64)
+    s = (m - 1.0) / (m + 1.0)
+    p = _horner(1.0 / 11, _LOG_SERIES, s * s)
+    lnu = e.astype(np.float64) * _LN2 + (2.0 * s) * p
+    rad = np.sqrt(-2.0 * lnu)
+    t = theta.astype(np.float64)
+    qd = t * _TWO_OVER_PI + _ROUNDER
+    q = (qd.view(np.uint64) & np.uint64(3)).astype(np.int32)             # quadrant
+    qd -= _ROUNDER
+    a = t - qd * _PIO2
+    a2 = a * a
+    sn = (_horner(-1.0 / 39916800.0, _SIN_SERIES, a2) * a2) * a + a
+    cs = _horner(1.0 / 479001600.0, _COS_SERIES, a2)
+    odd = (q & 1).astype(bool)
+    c, sv = np.where(odd, sn, cs), np.where(odd, cs, sn)
+    c = np.where((((q + 1) >> 1) & 1).astype(bool), -c, c)
+    sv = np.where(((q >> 1) & 1).astype(bool), -sv, sv)
+    return np.stack(((rad * c).astype(np.float32), (rad * sv).astype(np.float32)), -1)
 
 
 # ------------------------------------------------------------------ eager on CPU: numpy
@@ -267,6 +330,17 @@ def _np_uniform_blocks(key: torch.Tensor, start: torch.Tensor, blocks: int) -> t
 _NUMPY = {"normal": _np_box_muller_inputs, "uniform": _np_uniform_blocks}
 
 
+def numpy_draw(kind: str, key: torch.Tensor, start: torch.Tensor, blocks: int) -> torch.Tensor:
+    """float32 [R, 4*blocks] as `draw` on CPU, wholly in numpy: what the native draw must equal."""
+    out = _NUMPY[kind](key, start, blocks)
+    if kind == "normal":
+        out = _box_muller(*out)
+    return out.reshape(out.shape[0], -1)
+
+
+NUMPY_REFERENCE = rng_native.Reference(draw=numpy_draw, transform=_box_muller)
+
+
 def _eager(kind: str, key: torch.Tensor, start: torch.Tensor, blocks: int) -> object:
     """The uncompiled draw: numpy on CPU, the torch form elsewhere (a GPU whose compile failed)."""
     if NUMPY_ON_CPU and key.device.type == "cpu":
@@ -282,9 +356,9 @@ _lock = threading.Lock()
 
 
 def _want_compile(device: torch.device) -> bool:
-    # auto: on CUDA only. On CPU the compiled draw saves ~10 % per draw but costs 4-12 s of
-    # start-up in every process (each array task, each test's child process); eager is the
-    # same bits.
+    # auto: on CUDA only. On CPU the native C draw is faster still, and compiling costs 4-12 s
+    # of start-up in every process (each array task, each test's child process); the bits
+    # are the same.
     setting = os.environ.get(COMPILE_ENV, "auto").strip().lower()
     if setting in ("0", "false", "no", "off", "eager"):
         return False
@@ -369,6 +443,10 @@ def draw(kind: str, key: torch.Tensor, start: torch.Tensor, blocks: int,
     start[r] .. start[r] + blocks - 1 under key[r] (int64 [R, 2] and [R], on one device),
     and whether the compiled path ran. The whole pure draw; ExampleNoise keeps the counters."""
     dev = key.device.type
+    if dev == "cpu" and compiled is not True and not (compiled is None and _want_compile(key.device)):
+        out = rng_native.draw(kind, key, start, blocks, NUMPY_REFERENCE)  # None where off or unavailable
+        if out is not None:
+            return out, False
     if torch.is_grad_enabled() or torch.is_inference_mode_enabled() or _autocast_on(dev):
         # one global state for the compiled draw (each state would be another compile)
         with torch.inference_mode(False), torch.no_grad(), torch.autocast(dev, enabled=False):
@@ -432,6 +510,8 @@ class ExampleNoise:
             self._ordinal = torch.zeros(n, dtype=torch.int64, device=self.device)
         self._counts: torch.Tensor | None = None  # None: one row per example (the identity)
         self.last_compiled: bool | None = None    # which path the last draw took
+        # CPU and not compiling: the native C draw where it is available (chosen when made)
+        self._native = self.device.type == "cpu" and not _want_compile(self.device)
 
     # ---- views
 
@@ -461,6 +541,7 @@ class ExampleNoise:
             sub._key = self._root_key[sub._index]
             sub._ordinal, sub._counts = _ordinals(sub._index, len(self._root_seeds))
         sub.last_compiled = None
+        sub._native = self._native
         return sub
 
     # ---- draws
@@ -480,6 +561,12 @@ class ExampleNoise:
 
     def _advance(self, kind: str, blocks: int) -> torch.Tensor:
         """Each row's next `blocks` blocks as float32 [R, 4*blocks]; advances the counters."""
+        if self._counts is None and self._native:
+            # CPU's default: one C call draws and advances the counters (no tensor ops at all)
+            fn = rng_native.kernel(kind, NUMPY_REFERENCE)
+            if fn is not None:
+                self.last_compiled = False
+                return rng_native.call(fn, self._key, self._counter, blocks, advance=True)
         if self._counts is None:
             start = self._counter  # read before the update below
         else:

@@ -7,6 +7,8 @@ import platform
 import types
 from pathlib import Path
 
+import pytest
+
 from conftest import ROOT, harness
 from test_slurm import PROFILES, Cluster, cluster, write  # noqa: F401  (the cluster fixture)
 
@@ -27,7 +29,7 @@ def test_doctor_is_ready_for_the_smoke_grid_on_the_test_cluster(cluster: Cluster
     assert r.returncode == 0, r.stdout + r.stderr
     lines = r.stdout.splitlines()
     assert lines[-1].startswith("doctor: ready (profile 'local', grid 'smoke')"), r.stdout
-    for name in ("python", "torch", "gpu", "submitit", "slurm", "array", "assets", "results", "jobs"):
+    for name in ("python", "torch", "gpu", "noise", "submitit", "slurm", "array", "assets", "results", "jobs"):
         assert any(line.split()[1:2] == [name] for line in lines if line.startswith("ok")), (name, r.stdout)
     assert "MaxArraySize" in r.stdout and "PROBLEM" not in r.stdout
 
@@ -75,6 +77,23 @@ def test_gpu_lines_through_a_stand_in_nvml(tmp_path: Path) -> None:
     cpu = {c.name: c for c in checks(load_profile(PROFILES / "local.yaml"), results=tmp_path / "r",
                                      jobs=tmp_path / "j", nvml=nv)}
     assert cpu["gpu"].status == "ok" and "not needed" in cpu["gpu"].detail and "nvml" not in cpu
+    assert cpu["noise"].status == "ok" and "native" in cpu["noise"].detail and "noise" not in found
+
+
+def test_noise_line_warns_without_a_c_compiler(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from harness import rng_native
+    from harness.doctor import checks
+    from harness.launch.profiles import load_profile
+
+    monkeypatch.setenv("CC", "/nonexistent/cc")
+    monkeypatch.setenv("HARNESS_CACHE_DIR", str(tmp_path / "cache"))
+    rng_native.reset()
+    try:
+        found = {c.name: c for c in checks(load_profile(PROFILES / "local.yaml"), results=tmp_path / "r",
+                                           jobs=tmp_path / "j")}
+    finally:
+        rng_native.reset()
+    assert found["noise"].status == "warn" and "no C compiler" in found["noise"].detail
 
 
 def test_run_on_cuda_without_cuda_is_a_usage_error(tmp_path: Path) -> None:

@@ -13,17 +13,20 @@ import numpy as np
 import pytest
 import torch
 
-from harness import rng
+from harness import rng, rng_native
 from harness.rng import ExampleNoise, derive_seed, tile
 
 SEEDS = [derive_seed("rng-test", i) for i in range(64)]
 
 
-@pytest.fixture(params=["compiled", "eager", "torch-eager"])
+@pytest.fixture(params=["native", "compiled", "eager", "torch-eager"])
 def path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Every path: compiled (forced on CPU, where the default is uncompiled), uncompiled (numpy
-    on CPU) and uncompiled in torch ops (what a GPU whose compile failed runs)."""
+    """Every path: the native C draw (CPU's default), compiled (forced on CPU), uncompiled
+    (numpy on CPU) and uncompiled in torch ops (what a GPU whose compile failed runs)."""
     monkeypatch.setenv(rng.COMPILE_ENV, "1" if request.param == "compiled" else "0")
+    monkeypatch.setenv(rng_native.NATIVE_ENV, "1" if request.param == "native" else "0")
+    if request.param == "native":
+        assert rng_native.library(rng.NUMPY_REFERENCE) is not None, rng_native.status()
     monkeypatch.setattr(rng, "NUMPY_ON_CPU", request.param != "torch-eager")
     return request.param
 
@@ -80,15 +83,19 @@ def test_philox_known_answers_numpy() -> None:
 
 @pytest.mark.parametrize("rows,blocks", [(1, 1), (2, 1), (1, 300), (7, 2), (64, 16), (300, 257)])
 @pytest.mark.parametrize("kind", ["normal", "uniform"])
-def test_numpy_and_torch_eager_agree_bit_for_bit(kind: str, rows: int, blocks: int,
+def test_native_numpy_and_torch_eager_agree_bit_for_bit(kind: str, rows: int, blocks: int,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     key = torch.tensor(rng._key_words([derive_seed("kat", i) for i in range(rows)]), dtype=torch.int64)
     start = torch.arange(rows, dtype=torch.int64) * 1_000_003 + (1 << 32) - 5  # crosses 2**32
+    native = rng_native.draw(kind, key, start, blocks, rng.NUMPY_REFERENCE)
+    assert native is not None, rng_native.status()
+    monkeypatch.setenv(rng_native.NATIVE_ENV, "0")
     with_numpy, _ = rng.draw(kind, key, start, blocks, compiled=False)
     monkeypatch.setattr(rng, "NUMPY_ON_CPU", False)
     with_torch, _ = rng.draw(kind, key, start, blocks, compiled=False)
     assert with_numpy.dtype == torch.float32 and with_numpy.shape == (rows, 4 * blocks)
     assert torch.equal(with_numpy, with_torch)
+    assert torch.equal(native, with_numpy)
 
 
 def test_first_uniforms_are_the_known_block(path: str) -> None:
@@ -370,3 +377,119 @@ def test_box_muller_is_the_transform_of_its_words() -> None:
     exact = torch.stack((r * torch.cos(theta), r * torch.sin(theta)), -1).reshape(16, 32)
     assert torch.allclose(z.double(), exact, rtol=0, atol=4e-6)
     assert (z.double() - exact).abs().mean() < 2e-7
+
+
+# ------------------------------------------------------------------ the CPU transform and its library
+
+def _exact(u1: np.ndarray, theta: np.ndarray) -> np.ndarray:
+    r = np.sqrt(-2 * np.log(u1.astype(np.float64)))
+    t = theta.astype(np.float64)
+    return np.stack((r * np.cos(t), r * np.sin(t)), -1)
+
+
+def test_cpu_transform_is_within_one_float32_ulp_of_exact() -> None:
+    """The float64 series (log, sin, cos from +, *, / and sqrt alone) rounds to float32 within
+    one ulp of the exactly computed transform, on every edge: u1 = 1 (radius 0) and 2**-32,
+    mantissas either side of the sqrt 2 fold, angles at and either side of each quadrant
+    boundary, and 1M random words."""
+    gen = np.random.default_rng(7)
+    fold = np.float32(np.sqrt(2.0) / 2)
+    u1 = np.concatenate([
+        np.array([1.0, 2.0 ** -32, 0.5, 0.25, 1 - 2.0 ** -24], dtype=np.float32),
+        np.nextafter(fold, np.float32(0)) * np.float32(2.0) ** -np.arange(3, dtype=np.float32),
+        np.nextafter(fold, np.float32(1)) * np.float32(2.0) ** -np.arange(3, dtype=np.float32),
+        ((gen.integers(0, 2 ** 32, 1_000_000, dtype=np.uint64) + 1).astype(np.float64)
+         * 2.0 ** -32).astype(np.float32)])
+    # every octant boundary (multiples of 2**21 of the 2**24 angle steps) and its neighbours
+    k = (np.arange(-3, 4)[:, None] + (np.arange(9) << 21)[None, :]).ravel()
+    k = k[(k >= 0) & (k < 2 ** 24)]
+    k = np.concatenate([k, gen.integers(0, 2 ** 24, u1.size - k.size)])
+    theta = (k.astype(np.float32) * np.float32(2.0 ** -24)) * np.float32(2 * math.pi)
+    got = rng._np_box_muller(u1, theta).astype(np.float64)
+    exact = _exact(u1, theta)
+    ulp = np.spacing(np.abs(exact).astype(np.float32)).astype(np.float64)
+    assert np.all(np.abs(got - exact) <= ulp), float(np.max(np.abs(got - exact) / ulp))
+    assert got[0, 0] == 0.0 and got[0, 1] == 0.0  # u1 = 1
+
+
+def test_native_draw_is_the_default_on_cpu_and_equals_numpy(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(rng_native.NATIVE_ENV, raising=False)
+    monkeypatch.delenv(rng.COMPILE_ENV, raising=False)
+    calls = []
+    real = rng_native.call
+    monkeypatch.setattr(rng_native, "call", lambda *a, **k: calls.append(1) or real(*a, **k))
+    noise = ExampleNoise(SEEDS[:7])
+    got = torch.cat([noise.randn((1, 8, 8)).flatten(1), noise.rand((5,))], 1)
+    assert len(calls) == 2 and rng_native.status() == "native"
+    monkeypatch.setenv(rng_native.NATIVE_ENV, "0")
+    again = ExampleNoise(SEEDS[:7])
+    assert torch.equal(got, torch.cat([again.randn((1, 8, 8)).flatten(1), again.rand((5,))], 1))
+    assert len(calls) == 2 and rng_native.status() == "off"
+
+
+@pytest.fixture
+def fresh_native(monkeypatch: pytest.MonkeyPatch, tmp_path):
+    """The native library forgotten and its cache in tmp_path; the real one back afterwards."""
+    monkeypatch.setenv("HARNESS_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv(rng_native.NATIVE_ENV, raising=False)
+    rng_native.reset()
+    yield tmp_path / "cache"
+    rng_native.reset()
+
+
+def test_no_compiler_falls_back_to_numpy_with_one_warning(fresh_native, monkeypatch: pytest.MonkeyPatch,
+                                                          caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setenv(rng_native.NATIVE_ENV, "0")
+    expected = ExampleNoise(SEEDS[:5]).randn((9,))
+    monkeypatch.setenv(rng_native.NATIVE_ENV, "1")
+    monkeypatch.setenv("CC", "/nonexistent/cc")
+    with caplog.at_level("WARNING", logger="harness.rng_native"):
+        first = ExampleNoise(SEEDS[:5]).randn((9,))
+        second = ExampleNoise(SEEDS[:5]).randn((9,))
+    assert torch.equal(first, expected) and torch.equal(second, expected)
+    assert rng_native.status().startswith("unavailable: RuntimeError: no C compiler")
+    assert len([r for r in caplog.records if "native CPU noise draw" in r.message]) == 1
+
+
+def test_a_library_that_differs_is_not_used(fresh_native, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The self-check compares with the reference bit for bit: one flipped value refuses it."""
+    def off_by_one_ulp(kind, key, start, blocks):
+        out = rng.numpy_draw(kind, key, start, blocks)
+        out[0, 0] = torch.nextafter(out[0, 0], torch.tensor(2.0))
+        return out
+
+    assert rng_native.library(rng_native.Reference(off_by_one_ulp, rng._box_muller)) is None
+    assert "differ from the numpy form in 1 of" in rng_native.status()
+
+
+def test_library_is_built_once_per_cpu_kind_in_the_cache(fresh_native) -> None:
+    """Two processes building at once both load a checked library; the cache then holds one
+    library, and a third process only loads it."""
+    import subprocess
+    import sys
+
+    code = ("import torch; from harness import rng, rng_native; "
+            "n = rng.ExampleNoise([1, 2]); n.randn((3,)); print(rng_native.status())")
+    env = {**__import__("os").environ}
+    procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=env)
+             for _ in range(2)]
+    outs = [p.communicate(timeout=120)[0].strip() for p in procs]
+    assert outs == ["native", "native"]
+    libs = list(fresh_native.rglob("*.so"))
+    assert len(libs) == 1 and not list(fresh_native.rglob("*.tmp*"))
+    mtime = libs[0].stat().st_mtime_ns
+    third = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert third.stdout.strip() == "native" and libs[0].stat().st_mtime_ns == mtime
+
+
+def test_native_transform_equals_numpy_on_edges_and_1m_random_pairs() -> None:
+    lib = rng_native.library(rng.NUMPY_REFERENCE)
+    assert lib is not None, rng_native.status()
+    gen = torch.Generator().manual_seed(3)
+    edge_u1, edge_theta = rng_native.edge_inputs()
+    words = torch.randint(0, 2 ** 32, (2, 1_000_000), generator=gen, dtype=torch.int64)
+    u1 = torch.cat([edge_u1, rng._u1(words[0])])
+    theta = torch.cat([edge_theta, rng._theta(words[1])])
+    assert edge_u1.numel() > 1000 and bool((u1 == 1).any())
+    native = rng_native.transform(lib, u1, theta)
+    assert torch.equal(native, rng._box_muller(u1, theta))
