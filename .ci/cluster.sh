@@ -18,8 +18,10 @@
 # CLUSTER_DB_PORT (13306), CLUSTER_KEEP_ON_FAIL=1 (do not tear down after a failed `up`).
 set -euo pipefail
 
+# gcc, g++: not the cluster's, but the tests need them (the native noise draw, harness/rng_native.c,
+# and torch.compile's CPU kernels); a no-op where the image has them.
 # libpmix-dev: Slurm's mpi/pmix plugin dlopens .../pmix2/lib/libpmix.so, which only the -dev package ships.
-PACKAGES=(slurmctld slurmd slurm-client slurmdbd munge mariadb-server openmpi-bin libpmix-dev)
+PACKAGES=(slurmctld slurmd slurm-client slurmdbd munge mariadb-server openmpi-bin libpmix-dev gcc g++)
 # Start order; `down` goes in reverse.
 DAEMONS=(munged mariadbd slurmdbd slurmctld slurmd)
 
