@@ -189,3 +189,56 @@ def test_grid_precision_is_checked_and_part_of_the_cell(tmp_path) -> None:
     text.write_text(base + "precision: fp16\n")
     with pytest.raises(UsageError, match=r"precision.*fp16.*auto, fp32, bf16"):
         load_grid(text)
+
+
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim"])
+def test_compiled_sampler_step_matches_eager_with_one_graph_per_variant(
+        sampler: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """HARNESS_COMPILE=1 compiles the denoiser and the reverse step's arithmetic (real inductor
+    on CPU), under checkpointing: the same values and gradients as eager to float rounding, no
+    fallback (checkpoint's early stop passes through), and no recompile of the step for other
+    steps, batch sizes or image sizes (floats and shapes are symbolic)."""
+    from torch._dynamo.utils import counters
+
+    from harness.precision import Network
+    from harness.purify.samplers import _update, reverse
+    from harness.purify.schedule import Schedule
+    from harness.rng import ExampleNoise
+
+    sched = Schedule.linear()
+    torch.manual_seed(0)
+    conv = nn.Conv2d(3, 3, 3, padding=1)
+
+    def run(n: int, size: int, compiled: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        monkeypatch.setenv("HARNESS_COMPILE", "1" if compiled else "0")
+        net = Network(conv, "fp32", "cpu")
+        eps_fn = lambda x, t: net(x) * (1 + t.float().view(-1, 1, 1, 1) / 1000)  # noqa: E731
+        x = torch.linspace(-1, 1, n * 3 * size * size).reshape(n, 3, size, size).requires_grad_(True)
+        out, nfe = reverse(eps_fn, x, 300, sched, steps=6, sampler=sampler,
+                           noise=ExampleNoise(list(range(n))), checkpoint=True)
+        assert nfe == 6
+        (grad,) = torch.autograd.grad(out.square().sum(), x)
+        return out.detach(), grad
+
+    want = run(4, 8, compiled=False)
+    got = run(4, 8, compiled=True)
+    fn = precision._FUNCTIONS.get(_update)
+    assert fn is not None and getattr(fn, "compiled", None) is not None, "the step did not compile"
+    torch.testing.assert_close(got[0], want[0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got[1], want[1], rtol=1e-4, atol=1e-5)
+    for n, size in [(7, 8), (2, 5), (4, 8)]:
+        got, want = run(n, size, compiled=True), run(n, size, compiled=False)
+        torch.testing.assert_close(got[0], want[0], rtol=1e-5, atol=1e-5)
+    assert precision._FUNCTIONS[_update] is fn and "eagerly" not in capsys.readouterr().err
+    ddim = sampler == "ddim"
+
+    def step(n: int, size: int, a: float, a_prev: float) -> None:
+        x, eps, z = torch.randn(3, n, 3, size, size)
+        torch.testing.assert_close(fn(x, eps, a, a_prev, ddim, True, z, None),
+                                   _update(x, eps, a, a_prev, ddim, True, z, None), rtol=1e-5, atol=1e-5)
+
+    step(4, 8, 0.5, 0.6)
+    graphs = counters["stats"]["unique_graphs"]
+    for n, size, a, a_prev in [(7, 8, 0.3, 0.35), (2, 5, 0.9, 0.95), (64, 3, 0.1, 0.2)]:
+        step(n, size, a, a_prev)
+    assert counters["stats"]["unique_graphs"] == graphs, "another step, batch or image size recompiled"

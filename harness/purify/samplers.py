@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch.utils.checkpoint import checkpoint as _checkpoint
 
+from ..precision import compile_wanted, compiled_function
 from ..rng import ExampleNoise
 from .schedule import Schedule
 
@@ -33,14 +34,21 @@ def timesteps(k: int, steps: int) -> list[int]:
     return sorted({int(round(v)) for v in np.linspace(0, k, steps)}, reverse=True)
 
 
-def _step(eps_fn: EpsFn, x: torch.Tensor, t: int, a: float, a_prev: float, sampler: str,
-          clip: bool, z: torch.Tensor | None, shift: torch.Tensor | None = None) -> torch.Tensor:
+def _step(eps_fn: EpsFn, update: Callable[..., torch.Tensor], x: torch.Tensor, t: int, a: float,
+          a_prev: float, sampler: str, clip: bool, z: torch.Tensor | None,
+          shift: torch.Tensor | None = None) -> torch.Tensor:
     tt = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
-    eps = eps_fn(x, tt)
+    return update(x, eps_fn(x, tt), a, a_prev, sampler == "ddim", clip, z, shift)
+
+
+def _update(x: torch.Tensor, eps: torch.Tensor, a: float, a_prev: float, ddim: bool, clip: bool,
+            z: torch.Tensor | None, shift: torch.Tensor | None) -> torch.Tensor:
+    """One reverse step's arithmetic after the denoiser: x̂_0, then the DDIM (eta 0) output or the
+    DDPM posterior mean plus its noise. Compiled as one kernel under HARNESS_COMPILE=1."""
     x0 = (x - (1 - a) ** 0.5 * eps) / a ** 0.5
     if clip:
         x0 = x0.clamp(-1, 1)
-    if sampler == "ddim":  # eta = 0: deterministic given x_t
+    if ddim:  # eta = 0: deterministic given x_t
         out = a_prev ** 0.5 * x0 + (1 - a_prev) ** 0.5 * (x - a ** 0.5 * x0) / (1 - a) ** 0.5
         return out if shift is None else out + shift
     beta = 1 - a / a_prev  # the respaced step's beta
@@ -60,6 +68,7 @@ def reverse(eps_fn: EpsFn, x_t: torch.Tensor, k: int, schedule: Schedule, *, ste
         raise ValueError(f"sampler must be one of {SAMPLERS}, not {sampler!r}")
     ts = timesteps(k, steps)
     ab = schedule.alphas_bar
+    update = compiled_function(_update) if compile_wanted() else _update
     x = x_t
     for i, t in enumerate(ts):
         a = float(ab[t])
@@ -71,7 +80,8 @@ def reverse(eps_fn: EpsFn, x_t: torch.Tensor, k: int, schedule: Schedule, *, ste
             z = noise.randn_like(x)
         shift = None if guide is None else (1 - a / a_prev) * guide(x, t)
         if checkpoint and torch.is_grad_enabled():
-            x = _checkpoint(_step, eps_fn, x, t, a, a_prev, sampler, clip, z, shift, use_reentrant=False)
+            x = _checkpoint(_step, eps_fn, update, x, t, a, a_prev, sampler, clip, z, shift,
+                            use_reentrant=False)
         else:
-            x = _step(eps_fn, x, t, a, a_prev, sampler, clip, z, shift)
+            x = _step(eps_fn, update, x, t, a, a_prev, sampler, clip, z, shift)
     return x, len(ts)
