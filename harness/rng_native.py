@@ -174,9 +174,9 @@ def library(reference: Reference) -> ctypes.CDLL | None:
     lib = _state.get("lib", False)
     if lib is not False:
         return lib  # type: ignore[return-value]
-    with _lock:
+    with _lock:  # others wait here for the one build; the state is set once, at the end
         if "lib" not in _state:
-            _state["lib"], _state["why"] = None, ""
+            loaded, why = None, ""
             try:
                 cc = _compiler()
                 if cc is None:
@@ -188,11 +188,11 @@ def library(reference: Reference) -> ctypes.CDLL | None:
                 loaded.harness_normal_transform.argtypes = [ctypes.c_int64] + [ctypes.c_void_p] * 4
                 loaded.harness_normal_transform.restype = None
                 _self_check(loaded, reference)
-                _state["lib"] = loaded
             except Exception as e:  # no compiler, a read-only cache, a failed check, ...
-                _state["why"] = f"{type(e).__name__}: {e}"
-                log.warning("the native CPU noise draw is unavailable (%s); using numpy (same values)",
-                            _state["why"])
+                loaded, why = None, f"{type(e).__name__}: {e}"
+                log.warning("the native CPU noise draw is unavailable (%s); using numpy (same values)", why)
+            _state["why"] = why
+            _state["lib"] = loaded
     return _state["lib"]  # type: ignore[return-value]
 
 
