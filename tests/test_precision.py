@@ -230,6 +230,17 @@ def test_compiled_sampler_step_matches_eager_with_one_graph_per_variant(
         got, want = run(n, size, compiled=True), run(n, size, compiled=False)
         torch.testing.assert_close(got[0], want[0], rtol=1e-5, atol=1e-5)
     assert precision._FUNCTIONS[_update] is fn and "eagerly" not in capsys.readouterr().err
+    monkeypatch.setenv("HARNESS_COMPILE", "1")  # evaluation runs: under inference_mode
+    x = torch.linspace(-1, 1, 4 * 3 * 8 * 8).reshape(4, 3, 8, 8)
+    with torch.inference_mode():
+        inf, _ = reverse(lambda v, t: conv(v), x, 300, sched, steps=6, sampler=sampler,
+                         noise=ExampleNoise(list(range(4))))
+    monkeypatch.setenv("HARNESS_COMPILE", "0")
+    with torch.no_grad():
+        plain, _ = reverse(lambda v, t: conv(v), x, 300, sched, steps=6, sampler=sampler,
+                           noise=ExampleNoise(list(range(4))))
+    torch.testing.assert_close(inf, plain, rtol=1e-5, atol=1e-5)
+    assert precision._FUNCTIONS[_update] is fn and fn.compiled is not None
     ddim = sampler == "ddim"
 
     def step(n: int, size: int, a: float, a_prev: float) -> None:
