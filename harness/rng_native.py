@@ -101,7 +101,7 @@ class Reference(NamedTuple):
     transform: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]       # (u1, theta) -> [..., 2]
 
 
-def _self_check(lib: ctypes.CDLL, reference: Reference) -> None:
+def self_check(lib: ctypes.CDLL, reference: Reference) -> None:
     """The library's draws must equal the reference's bit for bit, on
     rows crossing counter 2**32, rows past one C tile of blocks and the edge keys, and its
     transform must equal the reference's on the edge inputs (`edge_inputs`): else it is not
@@ -168,6 +168,17 @@ def call(fn: Callable[..., None], key: torch.Tensor, start: torch.Tensor, blocks
     return out
 
 
+def load(path: Path) -> ctypes.CDLL:
+    """A built library, its functions' signatures declared (unchecked: see `library`)."""
+    lib = ctypes.CDLL(str(path))
+    for name in ("harness_philox_normal", "harness_philox_uniform"):
+        getattr(lib, name).argtypes = _ARGS
+        getattr(lib, name).restype = None
+    lib.harness_normal_transform.argtypes = [ctypes.c_int64] + [ctypes.c_void_p] * 4
+    lib.harness_normal_transform.restype = None
+    return lib
+
+
 def library(reference: Reference) -> ctypes.CDLL | None:
     """The library, checked against `reference` when first loaded, or None where it is
     unavailable (the reason: `status()`)."""
@@ -181,13 +192,8 @@ def library(reference: Reference) -> ctypes.CDLL | None:
                 cc = _compiler()
                 if cc is None:
                     raise RuntimeError(f"no C compiler ({os.environ.get('CC', 'cc')}) on PATH")
-                loaded = ctypes.CDLL(str(_build(cc)))
-                for name in ("harness_philox_normal", "harness_philox_uniform"):
-                    getattr(loaded, name).argtypes = _ARGS
-                    getattr(loaded, name).restype = None
-                loaded.harness_normal_transform.argtypes = [ctypes.c_int64] + [ctypes.c_void_p] * 4
-                loaded.harness_normal_transform.restype = None
-                _self_check(loaded, reference)
+                loaded = load(_build(cc))
+                self_check(loaded, reference)
             except Exception as e:  # no compiler, a read-only cache, a failed check, ...
                 loaded, why = None, f"{type(e).__name__}: {e}"
                 log.warning("the native CPU noise draw is unavailable (%s); using numpy (same values)", why)
