@@ -253,3 +253,22 @@ def test_compiled_sampler_step_matches_eager_with_one_graph_per_variant(
     for n, size, a, a_prev in [(7, 8, 0.3, 0.35), (2, 5, 0.9, 0.95), (64, 3, 0.1, 0.2)]:
         step(n, size, a, a_prev)
     assert counters["stats"]["unique_graphs"] == graphs, "another step, batch or image size recompiled"
+
+
+def test_out_of_memory_in_a_compiled_call_propagates_and_keeps_it_compiled(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """The batch search halves the batch on out-of-memory: the wrapper must let it through, and
+    not take it for a failed compile (which would run eagerly for good)."""
+    calls = []
+
+    def compiled(*_a: object) -> torch.Tensor:
+        calls.append(1)
+        if len(calls) == 1:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return torch.zeros(1)
+
+    guarded = precision.Guarded(lambda *_a: torch.ones(1), compiled, "net")
+    with pytest.raises(torch.OutOfMemoryError):
+        guarded(torch.zeros(1))
+    assert guarded.compiled is compiled and torch.equal(guarded(torch.zeros(1)), torch.zeros(1))
+    assert "eagerly" not in capsys.readouterr().err
