@@ -332,7 +332,12 @@ _NUMPY = {"normal": _np_box_muller_inputs, "uniform": _np_uniform_blocks}
 
 def numpy_draw(kind: str, key: torch.Tensor, start: torch.Tensor, blocks: int) -> torch.Tensor:
     """float32 [R, 4*blocks] as `draw` on CPU, wholly in numpy: what the native draw must equal."""
-    out = _NUMPY[kind](key, start, blocks)
+    return _values(kind, _NUMPY[kind](key, start, blocks))
+
+
+def _values(kind: str, out: object) -> torch.Tensor:
+    """float32 [R, 4*blocks] from a pure draw's output: (u1, theta) transformed for "normal",
+    the uniforms [R, blocks, 4] as they are."""
     if kind == "normal":
         out = _box_muller(*out)
     return out.reshape(out.shape[0], -1)
@@ -452,9 +457,7 @@ def draw(kind: str, key: torch.Tensor, start: torch.Tensor, blocks: int,
         with torch.inference_mode(False), torch.no_grad(), torch.autocast(dev, enabled=False):
             return draw(kind, key, start, blocks, compiled)
     out, ran = _run(kind, key, start, blocks, compiled)
-    if kind == "normal":
-        out = _box_muller(out[0], out[1])
-    return out.reshape(out.shape[0], -1), ran
+    return _values(kind, out), ran
 
 
 # ------------------------------------------------------------------ the per-example source
